@@ -35,6 +35,11 @@ class RenderedDialog:
     messages: list[Message]
     char_spans: list[tuple[int, int]]  # per message: its content's [start, end) in ``text``
     notes: list[str] = field(default_factory=list)  # how the template was accommodated
+    offsets: list[tuple[int, int]] = field(default_factory=list)  # per token: chars in text
+    # per token: the message whose turn it is in (content, role header, end-of-turn marker,
+    # and for the last turn any generation prompt), or SCAFFOLD before the first turn (BOS,
+    # a default system prompt the template injects)
+    turn_index: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -48,10 +53,11 @@ class RenderedDialog:
         idx = [i for i, m in enumerate(self.message_index) if m == message]
         return (idx[0], idx[-1] + 1) if idx else (0, 0)
 
-    def mask(self, messages: Sequence[int]) -> torch.Tensor:
-        """Bool mask over tokens: True on the content tokens of the given messages."""
+    def mask(self, messages: Sequence[int], *, whole_turns: bool = False) -> torch.Tensor:
+        """Bool mask over tokens of the given messages: their contents, or whole turns."""
         keep = set(messages)
-        return torch.tensor([m in keep for m in self.message_index], dtype=torch.bool)
+        owners = self.turn_index if whole_turns else self.message_index
+        return torch.tensor([m in keep for m in owners], dtype=torch.bool)
 
 
 def normalize_dialog(dialog) -> list[Message]:
@@ -125,9 +131,11 @@ def render_dialog(
             "chat template; latentqa needs a chat model (pass chat_template= to supply one)"
         )
     notes: list[str] = []
-    def try_render(msgs):
-        sentinel_msgs = [{"role": m["role"], "content": _sentinel(k)} for k, m in enumerate(msgs)]
-        return _apply(tokenizer, sentinel_msgs, add_generation_prompt, template)
+
+    def try_render(msgs, generation_prompt=add_generation_prompt, first=0):
+        sentinel_msgs = [{"role": m["role"], "content": _sentinel(first + k)}
+                         for k, m in enumerate(msgs)]
+        return _apply(tokenizer, sentinel_msgs, generation_prompt, template)
 
     # Accommodations, mildest first: as is; custom roles as 'assistant'; system folded into
     # the first user turn; both.
@@ -204,7 +212,71 @@ def render_dialog(
     for k, start in spans_by_rendered.items():
         for orig, offset, length in pieces[k]:
             char_spans[orig] = (start + offset, start + offset + length)
-    return _tokenize(tokenizer, text, messages, char_spans, notes, max_tokens)
+    # Where each turn begins (its role header), in text coordinates, owned by the turn's first
+    # original message.
+    turn_starts = []
+    for j, k in enumerate(order):
+        header = _header_length(try_render, rendered_msgs, skeleton, order, scaffold, j)
+        turn_starts.append((spans_by_rendered[k] - header, pieces[k][0][0]))
+    out = _tokenize(tokenizer, text, messages, char_spans, notes, max_tokens)
+    out.turn_index = _turn_index(out, turn_starts)
+    return out
+
+
+def _header_length(try_render, msgs, skeleton, order, scaffold, j) -> int:
+    """How many scaffold characters before the j-th content open that content's turn.
+
+    Found by rendering the dialog up to that turn and comparing (the template's own output),
+    never from a table: for later turns the rendering of the preceding messages is a prefix
+    of the whole; for the first turn we render a dummy turn of the same role (or a user and
+    assistant pair) in front of it and read off the header between them. Falls back to 0
+    (the turn starts at its content) where the template does not allow the comparison.
+    """
+    k = order[j]
+    piece = scaffold[j]
+    if j > 0 and order[: j + 1] == list(range(j + 1)):
+        try:
+            prefix = try_render(msgs[:k], generation_prompt=False)
+        except Exception:
+            prefix = None
+        content_start = sum(len(p) for p in scaffold[: j + 1]) + sum(
+            len(_sentinel(o)) for o in order[:j])
+        if prefix is not None and skeleton.startswith(prefix) and (
+                content_start - len(piece) <= len(prefix) <= content_start):
+            return content_start - len(prefix)
+        return 0
+    if j == 0 and k == 0:
+        role = msgs[0]["role"]
+        dummies = [[{"role": role, "content": "x"}]]
+        if role == "user":
+            dummies.append([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])
+        for dummy in dummies:
+            try:
+                before = try_render(dummy, generation_prompt=False, first=len(msgs))
+                both = try_render(dummy + msgs[:1], generation_prompt=False, first=len(msgs))
+            except Exception:
+                continue
+            mark = _sentinel(len(msgs) + len(dummy))
+            if both.startswith(before) and mark in both:
+                header = both[len(before): both.index(mark)]
+                if header and piece.endswith(header):
+                    return len(header)
+    return 0
+
+
+def _turn_index(rendered: "RenderedDialog", turn_starts) -> list[int]:
+    starts = sorted(turn_starts)
+    out = []
+    for m, (a, _b) in zip(rendered.message_index, rendered.offsets):
+        if m != SCAFFOLD:
+            out.append(m)
+            continue
+        owner = SCAFFOLD
+        for start, msg in starts:
+            if a >= start:
+                owner = msg
+        out.append(owner)
+    return out
 
 
 def _retrim(messages):
@@ -240,7 +312,8 @@ def _tokenize(tokenizer, text, messages, char_spans, notes, max_tokens) -> Rende
             f"the dialog renders to {len(ids)} tokens, more than the model's context of "
             f"{max_tokens} tokens; shorten it"
         )
-    return RenderedDialog(text, list(ids), message_index, messages, char_spans, notes)
+    return RenderedDialog(text, list(ids), message_index, messages, char_spans, notes,
+                          offsets=[tuple(o) for o in offsets])
 
 
 def _tokenize_slow(tokenizer, text, char_spans):
