@@ -63,6 +63,8 @@ class RenderedDialog:
 def normalize_dialog(dialog) -> list[Message]:
     """Accept a string (one user turn) or a list of {"role", "content"} messages."""
     if isinstance(dialog, str):
+        if not dialog.strip():
+            raise ValueError("the dialog is empty")
         dialog = [{"role": "user", "content": dialog}]
     if not isinstance(dialog, (list, tuple)) or not dialog:
         raise ValueError("a dialog must be a non-empty string or a non-empty list of messages")

@@ -68,6 +68,8 @@ def cmd_info(args) -> int:
     print(f"context        {report['max_positions']} tokens")
     print(f"parameters     {report['parameters']:,}")
     print(f"chat template  {'yes' if report['chat_template'] else 'NO'}")
+    if report.get("sample_error"):
+        print(f"               {report['sample_error']}")
     if report.get("sample"):
         sample = report["sample"]
         print(f"\nsample dialog, {sample['num_tokens']} tokens:")

@@ -102,11 +102,35 @@ def _load_pretrained(source: str, *, dtype, device, attn, trust_remote_code, **k
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kw)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code,
-        **({} if "gguf_file" in kw else {"use_safetensors": True}), **kw,
+    model = _with_attn_fallback(
+        lambda impl: AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, attn_implementation=impl, trust_remote_code=trust_remote_code,
+            **({} if "gguf_file" in kw else {"use_safetensors": True}), **kw,
+        ),
+        attn,
     )
     return model.to(device).eval(), tokenizer
+
+
+def _with_attn_fallback(build, attn: str):
+    """Build with the requested attention; architectures without sdpa (gemma2) get eager."""
+    try:
+        return build(attn)
+    except ValueError as e:
+        if attn == "sdpa" and "scaled_dot_product_attention" in str(e):
+            return build("eager")
+        raise
+
+
+def build_from_config(config, *, attn_implementation: str = "sdpa", dtype=None):
+    """A randomly initialised model from a transformers config (tests, benchmarks)."""
+    from transformers import AutoModelForCausalLM
+
+    return _with_attn_fallback(
+        lambda impl: AutoModelForCausalLM.from_config(
+            config, attn_implementation=impl, dtype=resolve_dtype(dtype)),
+        attn_implementation,
+    )
 
 
 def _convert_builtin(spec: str, target: Path) -> None:
@@ -149,6 +173,26 @@ def _convert_builtin(spec: str, target: Path) -> None:
 
 def builtin_cache_path(spec: str) -> Path:
     return cache_dir() / "models" / spec
+
+
+def load_tokenizer(spec: str | os.PathLike = DEFAULT_MODEL, *, trust_remote_code: bool = False):
+    """Only the tokenizer of a spec (no weights are read, except to convert a built-in once)."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    spec = str(spec)
+    if spec in BUILTIN_MODELS:
+        folder = builtin_cache_path(spec)
+        if not (folder / "config.json").exists():
+            _convert_builtin(spec, folder)
+        return AutoTokenizer.from_pretrained(str(folder))
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.json").exists():
+        try:
+            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except Exception as e:
+            raise ModelLoadError(f"could not load the tokenizer of {spec!r}: {e}") from e
+    return load_model(spec, trust_remote_code=trust_remote_code).tokenizer
 
 
 def load_model(

@@ -1,0 +1,28 @@
+"""LatentQA data: loading and checking files, masking, the decoder's probe, batches.
+
+See docs/data.md for the file formats and the choices made.
+"""
+
+from .collate import Collator
+from .errors import DataError, Problem
+from .examples import Example, LatentQADataset, TargetInput, build_example, render_target
+from .layouts import AO_LAYOUT, LAYOUTS, PAPER_LAYOUT, ProbeLayout
+from .loading import LatentQAData, load_data, pair_up, read_data, validate
+from .probe import IGNORE_INDEX, Probe, ProbeBuilder, build_probe, placeholder_token_id
+from .records import (
+    KIND_READ, KINDS, SYSTEM_RECOVERY_QUESTION, Pair, Record, label_family,
+)
+from .sampler import LengthGroupedBatchSampler
+from .splits import is_held_out, split_by_label, split_labels
+from .stats import compute_stats
+
+__all__ = [
+    "Collator", "DataError", "Problem",
+    "Example", "LatentQADataset", "TargetInput", "build_example", "render_target",
+    "AO_LAYOUT", "LAYOUTS", "PAPER_LAYOUT", "ProbeLayout",
+    "LatentQAData", "load_data", "pair_up", "read_data", "validate",
+    "IGNORE_INDEX", "Probe", "ProbeBuilder", "build_probe", "placeholder_token_id",
+    "KIND_READ", "KINDS", "SYSTEM_RECOVERY_QUESTION", "Pair", "Record", "label_family",
+    "LengthGroupedBatchSampler", "is_held_out", "split_by_label", "split_labels",
+    "compute_stats",
+]

@@ -1,0 +1,102 @@
+"""Token-level training examples: what the target reads and what the decoder is trained on.
+
+An ``Example`` pairs the target's input ids with its read mask (the tokens whose activations
+are captured: the whole turns of the record's read messages, never a masked turn nor a default
+system prompt the template injects) and the decoder's probe, with one placeholder per read token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..chat import render_dialog
+from .layouts import PAPER_LAYOUT, ProbeLayout
+from .loading import LatentQAData
+from .probe import ProbeBuilder
+from .records import Record
+
+
+@dataclass
+class TargetInput:
+    input_ids: torch.Tensor  # long [T]
+    read_mask: torch.Tensor  # bool [T]
+
+
+@dataclass
+class Example:
+    target_input_ids: torch.Tensor  # long [T]
+    read_mask: torch.Tensor  # bool [T]; read_mask.sum() == placeholder_mask.sum()
+    decoder_input_ids: torch.Tensor  # long [D]
+    placeholder_mask: torch.Tensor  # bool [D]
+    labels: torch.Tensor  # long [D], -100 except on supervised tokens
+
+    @property
+    def num_read(self) -> int:
+        return int(self.read_mask.sum())
+
+
+def render_target(tokenizer, record: Record, *, max_tokens: int | None = None) -> TargetInput:
+    rendered = render_dialog(tokenizer, list(record.messages),
+                             add_generation_prompt=record.generation_prompt,
+                             max_tokens=max_tokens)
+    # Whole turns: a read turn's role header and end marker are read too (they carry the
+    # model's state at those points); turn_index gives the injected default system prompt -1.
+    read_mask = rendered.mask(record.read, whole_turns=True)
+    return TargetInput(torch.tensor(rendered.input_ids, dtype=torch.long), read_mask)
+
+
+def build_example(tokenizer, record: Record, question: str, answer: str, *,
+                  layout: ProbeLayout = PAPER_LAYOUT, supervise: str = "reply_and_answer",
+                  layer: int | None = None, max_tokens: int | None = None,
+                  builder: ProbeBuilder | None = None) -> Example:
+    """The example for one (record, QA) pair. Pass a ``builder`` to reuse probe work."""
+    target = render_target(tokenizer, record, max_tokens=max_tokens)
+    builder = builder or ProbeBuilder(tokenizer, layout, cache=False)
+    probe = builder.build(int(target.read_mask.sum()), question, answer, supervise=supervise,
+                          layer=layer)
+    return Example(target.input_ids, target.read_mask, probe.input_ids, probe.placeholder_mask,
+                   probe.labels)
+
+
+class LatentQADataset(torch.utils.data.Dataset):
+    """Examples over ``data.pairs``, tokenized lazily; target renderings cached per record."""
+
+    def __init__(self, data: LatentQAData, tokenizer, *, layout: ProbeLayout = PAPER_LAYOUT,
+                 supervise: str = "reply_and_answer", layer: int | None = None,
+                 max_tokens: int | None = None):
+        self.data, self.tokenizer = data, tokenizer
+        self.supervise, self.layer, self.max_tokens = supervise, layer, max_tokens
+        self.builder = ProbeBuilder(tokenizer, layout)
+        self._targets: dict[int, TargetInput] = {}
+
+    def __len__(self) -> int:
+        return len(self.data.pairs)
+
+    def target(self, record_index: int) -> TargetInput:
+        if record_index not in self._targets:
+            self._targets[record_index] = render_target(
+                self.tokenizer, self.data.records[record_index], max_tokens=self.max_tokens)
+        return self._targets[record_index]
+
+    def __getitem__(self, i: int) -> Example:
+        pair = self.data.pairs[i]
+        target = self.target(pair.record)
+        probe = self.builder.build(int(target.read_mask.sum()), pair.question, pair.answer,
+                                   supervise=self.supervise, layer=self.layer)
+        return Example(target.input_ids, target.read_mask, probe.input_ids,
+                       probe.placeholder_mask, probe.labels)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Cheap size of each example (characters), for length-grouped batching without
+        tokenizing everything up front; characters track tokens closely enough to group by."""
+        if not hasattr(self, "_lengths"):
+            records = self.data.records
+            # the target's whole dialog plus the decoder's read span, question and answer
+            sizes = [sum(len(m["content"]) for m in r.messages)
+                     + sum(len(r.messages[j]["content"]) for j in r.read) for r in records]
+            self._lengths = [sizes[p.record] + len(p.question) + len(p.answer)
+                             for p in self.data.pairs]
+        return self._lengths

@@ -1,0 +1,53 @@
+"""Shared fixtures: the real embedded SmolLM2 (loaded once) and tiny random models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from latentqa.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smollm2):
+    return smollm2.tokenizer
+
+
+def tiny_config(arch: str):
+    """A 4-block, 32-wide random model config for each architecture family we promise."""
+    import transformers as T
+
+    common = dict(num_hidden_layers=4, num_attention_heads=4, vocab_size=128)
+    llama_like = dict(common, hidden_size=32, intermediate_size=64, num_key_value_heads=2)
+    return {
+        "llama": lambda: T.LlamaConfig(**llama_like),
+        "qwen2": lambda: T.Qwen2Config(**llama_like),
+        "mistral": lambda: T.MistralConfig(**llama_like),
+        "gemma2": lambda: T.Gemma2Config(**llama_like, head_dim=8),
+        "gemma3": lambda: T.Gemma3TextConfig(**llama_like, head_dim=8),
+        "phi3": lambda: T.Phi3Config(**llama_like, pad_token_id=0),
+        "gpt2": lambda: T.GPT2Config(n_embd=32, n_layer=4, n_head=4, vocab_size=128,
+                                     bos_token_id=0, eos_token_id=0),
+        "gpt_neox": lambda: T.GPTNeoXConfig(**common, hidden_size=32, intermediate_size=64,
+                                            bos_token_id=0, eos_token_id=0),
+    }[arch]()
+
+
+TINY_ARCHS = ["llama", "qwen2", "mistral", "gemma2", "gemma3", "phi3", "gpt2", "gpt_neox"]
+
+
+def tiny_model(arch: str, seed: int = 0):
+    from latentqa.models import build_from_config
+
+    torch.manual_seed(seed)
+    return build_from_config(tiny_config(arch)).eval()
