@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
     for module in ("latentqa.data.cli", "latentqa.datagen.cli"):
         _register(module, data_sub)
+    for module in ("latentqa.train.cli",):
+        _register(module, sub)
     return parser
 
 

@@ -7,6 +7,11 @@ with it enabled it is the decoder. peft does the bookkeeping.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -56,3 +61,74 @@ def as_target(model: torch.nn.Module):
         return
     with disable():
         yield model
+
+
+SIDECAR = "latentqa_decoder.json"
+SIDECAR_VERSION = 1
+
+
+@dataclass
+class DecoderSpec:
+    """Everything needed to use a saved decoder adapter, stored beside it as JSON."""
+
+    target: str  # the target model spec it was trained on
+    model_type: str
+    num_blocks: int
+    hidden_size: int
+    read_layer: int  # the default layer to read at
+    write_layer: int
+    injection: str = "replace"
+    layout: str = "paper"
+    placeholder: str = "?"
+    read_layers: list[int] = field(default_factory=list)  # all layers seen in training
+    supervise: str = "reply_and_answer"
+    extra: dict = field(default_factory=dict)  # training summary, data hashes, ...
+    format_version: int = SIDECAR_VERSION
+
+    @classmethod
+    def read(cls, directory: str | Path) -> "DecoderSpec":
+        path = Path(directory) / SIDECAR
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{directory} is not a latentqa decoder: it has no {SIDECAR} (the sidecar "
+                "written by `latentqa train` that says which target, layers and probe to use)")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{path} is not a valid decoder sidecar: {e}") from None
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written ``tmp`` directory to ``final``, replacing it, never half-written."""
+    final = Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_decoder(model, directory: str | Path, spec: DecoderSpec, *,
+                 dtype: torch.dtype | None = None) -> Path:
+    """Save the adapter (peft format, safetensors) and its sidecar atomically."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if dtype is not None:  # e.g. ship bf16: half the size, no loss that matters for LoRA
+            from safetensors.torch import load_file, save_file
+
+            f = tmp / "adapter_model.safetensors"
+            save_file({k: v.to(dtype).contiguous() for k, v in load_file(str(f)).items()},
+                      str(f), metadata={"format": "pt"})
+        (tmp / SIDECAR).write_text(json.dumps(asdict(spec), indent=2) + "\n", encoding="utf-8")
+        replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory

@@ -175,6 +175,26 @@ def builtin_cache_path(spec: str) -> Path:
     return cache_dir() / "models" / spec
 
 
+def load_config(spec: str | os.PathLike = DEFAULT_MODEL, *, trust_remote_code: bool = False):
+    """Only the model's config (layer count, sizes): cheap, for checking options early."""
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    spec = str(spec)
+    if spec in BUILTIN_MODELS:
+        folder = builtin_cache_path(spec)
+        if not (folder / "config.json").exists():
+            _convert_builtin(spec, folder)
+        return AutoConfig.from_pretrained(str(folder))
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.json").exists():
+        try:
+            return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except Exception as e:
+            raise ModelLoadError(f"could not read {path / 'config.json'}: {e}") from e
+    return load_model(spec, trust_remote_code=trust_remote_code).model.config
+
+
 def load_tokenizer(spec: str | os.PathLike = DEFAULT_MODEL, *, trust_remote_code: bool = False):
     """Only the tokenizer of a spec (no weights are read, except to convert a built-in once)."""
     from transformers import AutoTokenizer

@@ -1,0 +1,219 @@
+"""Training configuration: a flat dataclass, read from YAML or TOML, overridden by key=value.
+
+Everything is checked before any model weights load: unknown keys, types, ranges, data paths,
+and read/write layers against the model's config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import get_type_hints
+
+PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
+SCHEDULES = ("cosine", "linear", "constant")
+CACHE_MODES = ("off", "memory", "disk")
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run; the message names the key."""
+
+
+@dataclass
+class TrainConfig:
+    # what to train on
+    model: str = "smollm2-135m"
+    data: list[str] = field(default_factory=list)
+    eval_data: list[str] = field(default_factory=list)  # default: held-out labels of `data`
+    held_out: float = 0.1  # fraction of labels held out for validation when eval_data is empty
+    split_seed: int = 0
+    system_recovery: bool = True
+    max_tokens: int = 1024  # longest target dialog or decoder prompt; longer records are skipped
+    # where to read and write
+    read_layers: list[int] = field(default_factory=lambda: [14])  # one sampled per step
+    write_layer: int = 0
+    injection: str = "replace"  # or "norm_add"
+    layout: str = "paper"
+    supervise: str = "reply_and_answer"
+    # what to train
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | str = "all-linear"
+    full_finetune: bool = False
+    # optimisation
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+    schedule: str = "cosine"
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.0
+    epochs: int = 1
+    max_steps: int = 0  # 0: run `epochs` epochs
+    batch_size: int = 8  # per process and micro-batch
+    grad_accum: int = 1
+    precision: str = "auto"  # auto: bf16 autocast on CPUs with bf16 and on GPUs, else fp32
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
+    # speed
+    activation_cache: str = "off"
+    cache_dtype: str = "bf16"
+    cache_max_gb: float = 2.0
+    # bookkeeping
+    out_dir: str = "runs/decoder"
+    log_every: int = 10
+    eval_every: int = 100
+    eval_examples: int = 64
+    sample_answers: int = 3
+    save_every: int = 100
+    keep_checkpoints: int = 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, value, hint):
+    """Convert a YAML/TOML value or a command-line string to the field's type."""
+    text = str(hint)
+    if isinstance(value, str) and hint is not str:
+        try:  # command-line values arrive as text: 3e-4, true, [14, 20], "q_proj"
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if text.startswith("list[int]"):
+        value = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+        if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+            raise ConfigError(f"{key}: expected a list of integers, got {value!r}")
+        return value
+    if text.startswith("list[float]"):
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) for v in value):
+            raise ConfigError(f"{key}: expected a list of numbers, got {value!r}")
+        return [float(v) for v in value]
+    if text.startswith("list[str] | str"):
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str)
+                                                                      for v in value)):
+            return value
+        raise ConfigError(f"{key}: expected a string or a list of strings, got {value!r}")
+    if text.startswith("list[str]"):
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return value
+    return value
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        import yaml
+
+        loaded = yaml.safe_load(text)
+    except Exception as e:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {e}") \
+            from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return loaded
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def build_config(values: dict) -> TrainConfig:
+    """A checked TrainConfig from a mapping (file values updated by overrides)."""
+    hints = get_type_hints(TrainConfig)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        import difflib
+
+        hint = difflib.get_close_matches(unknown[0], hints, n=1)
+        raise ConfigError(f"unknown config key {unknown[0]!r}"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                          + f"; known keys: {', '.join(sorted(hints))}")
+    cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: TrainConfig) -> None:
+    def need(cond, message):
+        if not cond:
+            raise ConfigError(message)
+
+    need(cfg.data, "data: give at least one data file or folder")
+    for key in ("data", "eval_data"):
+        for p in getattr(cfg, key):
+            need(Path(p).exists(), f"{key}: {p} does not exist")
+    need(cfg.batch_size >= 1, f"batch_size must be at least 1, got {cfg.batch_size}")
+    need(cfg.grad_accum >= 1, f"grad_accum must be at least 1, got {cfg.grad_accum}")
+    need(cfg.epochs >= 1 or cfg.max_steps >= 1, "set epochs or max_steps to at least 1")
+    need(cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}")
+    need(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
+    need(0 <= cfg.held_out < 1, f"held_out must be in [0, 1), got {cfg.held_out}")
+    need(cfg.read_layers, "read_layers: give at least one layer")
+    need(cfg.injection in ("replace", "norm_add"),
+         f"injection must be 'replace' or 'norm_add', got {cfg.injection!r}")
+    need(cfg.supervise in ("reply_and_answer", "answer"),
+         f"supervise must be 'reply_and_answer' or 'answer', got {cfg.supervise!r}")
+    need(cfg.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")
+    need(cfg.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}")
+    need(cfg.optimizer in ("adamw", "sgd"), "optimizer must be 'adamw' or 'sgd'")
+    need(cfg.activation_cache in CACHE_MODES, f"activation_cache must be one of {CACHE_MODES}")
+    need(cfg.cache_dtype in ("bf16", "fp16", "fp32"), "cache_dtype must be bf16, fp16 or fp32")
+    need(cfg.lora_r >= 1 or cfg.full_finetune, "lora_r must be at least 1")
+    need(0 <= cfg.lora_dropout < 1, "lora_dropout must be in [0, 1)")
+    need(len(cfg.betas) == 2, "betas must be two numbers")
+    for key in ("log_every", "eval_every", "save_every", "max_tokens"):
+        need(getattr(cfg, key) >= 1, f"{key} must be at least 1")
+    from ..data import LAYOUTS
+
+    need(cfg.layout in LAYOUTS, f"layout must be one of {sorted(LAYOUTS)}")
+
+
+def check_layers(cfg: TrainConfig, num_blocks: int) -> None:
+    """Layers against the model's block count (read from its config, before weights load)."""
+    for layer in cfg.read_layers:
+        if not -num_blocks <= layer < num_blocks:
+            raise ConfigError(f"read_layers: layer {layer} is out of range for a model with "
+                              f"{num_blocks} blocks (valid: 0..{num_blocks - 1})")
+    if not -num_blocks <= cfg.write_layer < num_blocks:
+        raise ConfigError(f"write_layer: layer {cfg.write_layer} is out of range for a model "
+                          f"with {num_blocks} blocks (valid: 0..{num_blocks - 1})")
