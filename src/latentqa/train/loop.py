@@ -297,6 +297,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
                     ddp.sum(p.grad)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) \
                 if cfg.grad_clip > 0 else torch.tensor(0.0)
+            lr_used = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -307,7 +308,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - t_start
                 row = {"step": step, "epoch": epoch, "loss": loss, "layer": layer,
-                       "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                       "lr": lr_used, "grad_norm": float(grad_norm),
                        "tokens_per_s": tokens_seen * ddp.world / max(elapsed, 1e-9)}
                 reporter.log(row)
                 log(f"step {step}/{total_steps}  loss {loss:.4f}  layer {layer}  "

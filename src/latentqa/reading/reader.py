@@ -1,0 +1,307 @@
+"""Ask a target's activations questions, or score candidate answers: the reading API.
+
+    lqa = load()                                   # SmolLM2 + the shipped decoder
+    lqa.ask(dialog, "What is the assistant's persona?")
+    lqa.score(dialog, question, ["a pirate", "a chef"]).best
+
+One copy of the weights: the target is the model with the adapter disabled. Work is batched:
+the target reads a batch of dialogs in one pass; every dialog x question (x candidate) pair is
+one decoder row; rows are sorted by length so padding stays small, left-padded for generation
+(the KV cache is reused and the activations are injected on the prompt pass only) and
+right-padded for scoring.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..activations import INJECTION_MODES
+from ..arch import ModelInfo, model_info
+from ..chat import DialogTooLongError, render_dialog
+from ..data.layouts import LAYOUTS
+from ..data.probe import ProbeBuilder
+from ..decoder import DecoderSpec, as_target, load_decoder_adapter
+from ..decoding import generate_answers, labelled_logprobs, read_activations
+from ..models import DEFAULT_MODEL, load_config, load_model
+from .controls import NEUTRAL_DIALOGS, check_control, shuffled_sources
+from .decoders import check_compatible, resolve_decoder
+from .errors import DecoderMismatchError, ReadingError
+from .inputs import as_candidates, as_dialogs, as_questions, shaped
+from .results import CandidateScore, Score
+from .selection import Read, as_read
+
+DEFAULT_BATCH_SIZE = 16
+
+
+def load(decoder=None, target: str | None = None, *, preset: str | None = None,
+         layout: str | None = None, read_layer: int | None = None,
+         write_layer: int | None = None, injection: str | None = None, device: str = "cpu",
+         dtype: str = "fp32", allow_other_target: bool = False,
+         trust_remote_code: bool = False, batch_size: int = DEFAULT_BATCH_SIZE) -> "Reader":
+    """A ``Reader`` for a decoder directory (default: the shipped SmolLM2 decoder) and its
+    target (default: the one the decoder names). Sizes are checked against the target's config
+    before any weights load; see ``decoders.py`` for bare adapters and presets."""
+    resolved = resolve_decoder(decoder, preset=preset, layout=layout, read_layer=read_layer,
+                               write_layer=write_layer, injection=injection)
+    target = str(target or resolved.spec.target or DEFAULT_MODEL)
+    info = config_info(load_config(target, trust_remote_code=trust_remote_code))
+    check_compatible(resolved, target, info, check_name=not allow_other_target)
+    info.check_layer(resolved.spec.read_layer, "read layer")
+    info.check_layer(resolved.spec.write_layer, "write layer")
+    loaded = load_model(target, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    try:
+        model = load_decoder_adapter(loaded.model, resolved.path)
+    except RuntimeError as e:  # peft: size mismatch between adapter and model weights
+        raise DecoderMismatchError(f"the decoder at {resolved.path} does not fit {target}: "
+                                   f"{str(e).splitlines()[0]}") from None
+    spec = resolved.spec
+    if not resolved.has_sidecar:
+        spec.target, spec.model_type = target, info.model_type
+        spec.num_blocks, spec.hidden_size = info.num_blocks, info.hidden_size
+    return Reader(model.eval(), loaded.tokenizer, spec, decoder_path=str(resolved.path),
+                  batch_size=batch_size)
+
+
+def config_info(config) -> ModelInfo:
+    """The sizes ``model_info`` would report, from a config alone (no weights)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    def first(*names):
+        return next((getattr(text, n) for n in names if isinstance(getattr(text, n, None), int)),
+                    None)
+
+    return ModelInfo(type(config).__name__, getattr(text, "model_type", "unknown"),
+                     first("num_hidden_layers", "n_layer", "num_layers") or 0,
+                     first("hidden_size", "n_embd", "d_model") or 0,
+                     first("max_position_embeddings", "n_positions", "n_ctx", "seq_length"), "")
+
+
+class Reader:
+    """A target with a decoder adapter; see the module docstring."""
+
+    def __init__(self, model, tokenizer, spec: DecoderSpec, *, decoder_path: str = "",
+                 batch_size: int = DEFAULT_BATCH_SIZE):
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        self.decoder_path, self.batch_size = decoder_path, batch_size
+        self.info = model_info(model)
+        self.layout = LAYOUTS[spec.layout]
+        self.builder = ProbeBuilder(tokenizer, self.layout)
+        self.pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                       else tokenizer.eos_token_id)
+
+    def __repr__(self) -> str:
+        return (f"Reader(target={self.spec.target!r}, decoder={self.decoder_path!r}, "
+                f"read_layer={self.spec.read_layer}, write_layer={self.spec.write_layer})")
+
+    # ---- public API -------------------------------------------------------------------
+
+    def ask(self, dialogs, questions, *, read=None, layer: int | None = None, control=None,
+            injection: str | None = None, max_new_tokens: int = 48, do_sample: bool = False,
+            temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+            batch_size: int | None = None):
+        """The decoder's answer to each question about each dialog.
+
+        One dialog and one question string give a string; a list of questions gives a list;
+        a list of dialogs gives one such result per dialog.
+        """
+        dialogs, one_dialog = as_dialogs(dialogs)
+        questions, one_question = as_questions(questions)
+        pairs = [(d, q) for d in range(len(dialogs)) for q in questions]
+        answers = self.answer_pairs(
+            dialogs, pairs, read=read, layer=layer, control=control, injection=injection,
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+            top_p=top_p, seed=seed, batch_size=batch_size)
+        return shaped(answers, len(dialogs), len(questions), one_dialog, one_question)
+
+    def score(self, dialogs, questions, candidates, *, read=None, layer: int | None = None,
+              control=None, injection: str | None = None, batch_size: int | None = None):
+        """A ``Score`` (each candidate's log-probability as the answer) per dialog x question,
+        shaped like ``ask``'s result."""
+        dialogs, one_dialog = as_dialogs(dialogs)
+        questions, one_question = as_questions(questions)
+        candidates = as_candidates(candidates)
+        pairs = [(d, q) for d in range(len(dialogs)) for q in questions]
+        scores = self.score_pairs(dialogs, pairs, [candidates] * len(pairs), read=read,
+                                  layer=layer, control=control, injection=injection,
+                                  batch_size=batch_size)
+        return shaped(scores, len(dialogs), len(questions), one_dialog, one_question)
+
+    @torch.no_grad()
+    def answer_pairs(self, dialogs: list, pairs: list[tuple[int, str]], *, read=None,
+                     layer=None, control=None, injection=None, max_new_tokens: int = 48,
+                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                     seed: int | None = None, batch_size: int | None = None,
+                     progress=None) -> list[str]:
+        """Answers for arbitrary (dialog index, question) pairs, in order. ``read`` may be one
+        selection or one per dialog; ``progress(n)`` is called as rows finish."""
+        if max_new_tokens < 1:
+            raise ReadingError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        counts, vectors, mode = self._sources(dialogs, read, layer, control, injection)
+        probes = [self._probe(counts[d], q, None, layer) for d, q in pairs]
+        answers: list[str] = [""] * len(pairs)
+        for rows in self._batches(probes, batch_size):
+            ids, attn, ph, _ = _pad([probes[r] for r in rows], self.pad_id, "left")
+            vecs = None if vectors is None else [vectors[pairs[r][0]] for r in rows]
+            out = generate_answers(
+                self.model, self.tokenizer, ids, attn, ph, vecs,
+                write_layer=self.spec.write_layer, mode=mode, max_new_tokens=max_new_tokens,
+                do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+            for r, a in zip(rows, out):
+                answers[r] = a
+            if progress:
+                progress(len(rows))
+        return answers
+
+    @torch.no_grad()
+    def score_pairs(self, dialogs: list, pairs: list[tuple[int, str]],
+                    candidates: list[list[str]], *, read=None, layer=None, control=None,
+                    injection=None, batch_size: int | None = None, progress=None) -> list[Score]:
+        """A ``Score`` per (dialog index, question) pair, with that pair's candidates."""
+        counts, vectors, mode = self._sources(dialogs, read, layer, control, injection)
+        rows = [(p, c) for p, cands in enumerate(candidates) for c in as_candidates(cands)]
+        probes = [self._probe(counts[pairs[p][0]], pairs[p][1], c, layer) for p, c in rows]
+        results: list[CandidateScore | None] = [None] * len(rows)
+        for batch in self._batches(probes, batch_size):
+            ids, attn, ph, labels = _pad([probes[r] for r in batch], self.pad_id, "right")
+            vecs = None if vectors is None else [vectors[pairs[rows[r][0]][0]] for r in batch]
+            logp, pos = labelled_logprobs(self.model, ids, attn, labels, placeholder_mask=ph,
+                                          vectors=vecs, write_layer=self.spec.write_layer,
+                                          mode=mode)
+            for i, r in enumerate(batch):
+                mine = pos[:, 0] == i
+                token_ids = labels[i, pos[mine, 1] + 1].tolist()
+                results[r] = CandidateScore(
+                    rows[r][1], float(logp[mine].sum()), len(token_ids),
+                    [self.tokenizer.decode([t]) for t in token_ids], logp[mine].tolist())
+            if progress:
+                progress(len(batch))
+        scores = [Score(q, []) for _, q in pairs]
+        for (p, _), result in zip(rows, results):
+            scores[p].candidates.append(result)
+        return scores
+
+    @torch.no_grad()
+    def activations(self, dialogs, *, read=None, layer: int | None = None) -> list[torch.Tensor]:
+        """The target's residual stream after the read layer at the read tokens, per dialog."""
+        dialogs, _ = as_dialogs(dialogs)
+        return self._read(dialogs, self._reads(read, len(dialogs)), self._layer(layer))
+
+    @torch.no_grad()
+    def target_reply(self, dialog, *, max_new_tokens: int = 40) -> str:
+        """The target's own greedy reply (adapter off), e.g. to show what it does."""
+        messages = as_dialogs(dialog)[0][0]
+        rendered = render_dialog(self.tokenizer, messages, add_generation_prompt=True,
+                                 max_tokens=self.info.max_positions)
+        ids = torch.tensor([rendered.input_ids], device=self._device)
+        with as_target(self.model):
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                      max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.pad_id)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    # ---- internals --------------------------------------------------------------------
+
+    @property
+    def _device(self):
+        return next(self.model.parameters()).device
+
+    def _layer(self, layer) -> int:
+        layer = self.spec.read_layer if layer is None else layer
+        return self.info.check_layer(layer, "read layer")
+
+    def _reads(self, read, n: int) -> list[Read]:
+        if isinstance(read, (list, tuple)) and read and not all(isinstance(r, int) for r in read):
+            if len(read) != n:
+                raise ReadingError(f"read: got {len(read)} selections for {n} dialogs")
+            return [as_read(r) for r in read]
+        return [as_read(read)] * n
+
+    def _sources(self, dialogs, read, layer, control, injection):
+        """Per dialog: how many placeholders, and the vectors to inject (None: inject nothing),
+        after applying the control."""
+        mode = injection or self.spec.injection
+        if mode not in INJECTION_MODES:
+            raise ReadingError(f"injection must be one of {INJECTION_MODES}, got {mode!r}")
+        control = check_control(control)
+        layer, reads = self._layer(layer), self._reads(read, len(dialogs))
+        if control == "none":  # same probe as the real reading, nothing written into it
+            counts = [int(self._render(d, r)[1].sum()) for d, r in zip(dialogs, reads)]
+            return counts, None, mode
+        vectors = self._read(dialogs, reads, layer)
+        if control == "shuffled":
+            if len(dialogs) > 1:
+                vectors = [vectors[j] for j in shuffled_sources(len(dialogs))]
+            else:
+                neutral = self._read(NEUTRAL_DIALOGS, [Read()] * len(NEUTRAL_DIALOGS), layer)
+                vectors = [neutral[i % len(neutral)] for i in range(len(dialogs))]
+        return [len(v) for v in vectors], vectors, mode
+
+    def _render(self, dialog, read: Read):
+        rendered = render_dialog(self.tokenizer, dialog,
+                                 add_generation_prompt=dialog[-1]["role"] == "user",
+                                 max_tokens=self.info.max_positions)
+        return torch.tensor(rendered.input_ids, dtype=torch.long), read.mask(rendered)
+
+    def _read(self, dialogs, reads, layer) -> list[torch.Tensor]:
+        rendered = [self._render(d, r) for d, r in zip(dialogs, reads)]
+        out: list[torch.Tensor | None] = [None] * len(dialogs)
+        for rows in self._batches([ids for ids, _ in rendered], None):
+            ids, attn, masks = _pad_plain([rendered[r] for r in rows], self.pad_id)
+            got = read_activations(self.model, ids.to(self._device), attn.to(self._device),
+                                   masks.to(self._device), layer)
+            for r, v in zip(rows, got):
+                out[r] = v
+        return out
+
+    def _probe(self, count: int, question: str, answer: str | None, layer):
+        probe = self.builder.build(count, question, answer, supervise="answer",
+                                   layer=self._layer(layer) if self.layout.layer_prefix else None)
+        limit = self.info.max_positions
+        if limit is not None and len(probe.input_ids) > limit:
+            raise DialogTooLongError(
+                f"the decoder's prompt is {len(probe.input_ids)} tokens ({count} read "
+                f"activations, the question{'' if answer is None else ' and a candidate'}), "
+                f"more than the model's context of {limit} tokens; shorten the question or "
+                "read fewer tokens")
+        return probe
+
+    def _batches(self, items, batch_size):
+        """Row indices in batches of similar length (less padding), longest first."""
+        size = batch_size or self.batch_size
+        if size < 1:
+            raise ReadingError(f"batch_size must be at least 1, got {size}")
+        length = (lambda i: len(items[i])) if isinstance(items[0], torch.Tensor) else (
+            lambda i: len(items[i].input_ids))
+        order = sorted(range(len(items)), key=length, reverse=True)
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def _pad(probes, pad_id: int, side: str):
+    """Stack probes: ids, attention mask, placeholder mask, labels, padded on ``side``."""
+    width = max(len(p.input_ids) for p in probes)
+
+    def stack(rows, value, dtype):
+        out = torch.full((len(rows), width), value, dtype=dtype)
+        for i, row in enumerate(rows):
+            if side == "left":
+                out[i, width - len(row):] = row
+            else:
+                out[i, :len(row)] = row
+        return out
+
+    ids = stack([p.input_ids for p in probes], pad_id, torch.long)
+    attn = stack([torch.ones_like(p.input_ids) for p in probes], 0, torch.long)
+    ph = stack([p.placeholder_mask for p in probes], False, torch.bool)
+    labels = stack([p.labels for p in probes], -100, torch.long)
+    return ids, attn, ph, labels
+
+
+def _pad_plain(rows, pad_id: int):
+    """Right-pad (ids, read mask) pairs for the target's pass."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    masks = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (row, mask) in enumerate(rows):
+        ids[i, :len(row)], attn[i, :len(row)], masks[i, :len(row)] = row, 1, mask
+    return ids, attn, masks

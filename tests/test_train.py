@@ -1,0 +1,179 @@
+"""The trainer: configs refused early, exact resume after SIGKILL, DDP == accumulation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_DATA, tiny_config
+
+from latentqa.cli import main
+from latentqa.models import build_from_config
+from latentqa.train import ConfigError, build_config
+from latentqa.train.checkpoint import list_checkpoints
+
+DATA = [str(SHARED_DATA / "latentqa" / "control.json"), str(SHARED_DATA / "latentqa" / "qa.json")]
+
+
+@pytest.fixture(scope="module")
+def tiny_target(tmp_path_factory, smol_tokenizer):
+    """A 4-block random llama with SmolLM2's tokenizer and chat template, as a local folder."""
+    folder = tmp_path_factory.mktemp("tiny-target")
+    config = tiny_config("llama")
+    config.vocab_size = len(smol_tokenizer)
+    config.num_hidden_layers = 4
+    torch.manual_seed(0)
+    build_from_config(config).save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _args(target, out, **extra):
+    values = dict(model=str(target), out_dir=str(out), read_layers="[2]", write_layer=0,
+                  batch_size=2, max_steps=6, log_every=1, eval_every=3, eval_examples=4,
+                  save_every=2, lr=1e-3, warmup_steps=2, precision="fp32", seed=3,
+                  lora_r=4, lora_alpha=8, max_tokens=256)
+    values.update(extra)
+    return [f"data={json.dumps(DATA)}"] + [f"{k}={v}" for k, v in values.items()]
+
+
+def _adapter(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "decoder" / "adapter_model.safetensors"))
+
+
+def _cli(args, env_extra=None, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "latentqa.cli", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lerning_rate=1", "unknown config key 'lerning_rate'"),
+    ("batch_size=0", "batch_size must be at least 1"),
+    ("data=/no/such/file.json", "data: /no/such/file.json does not exist"),
+    ("read_layers=[99]", "layer 99 is out of range for a model with 30 blocks"),
+    ("write_layer=x", "write_layer: expected an integer"),
+])
+def test_bad_config_refused_before_any_model_loads(monkeypatch, capsys, override, message):
+    import latentqa.models
+
+    def no_weights(*a, **k):
+        raise AssertionError("weights were loaded before the config was checked")
+
+    monkeypatch.setattr(latentqa.models, "load_model", no_weights)
+    assert main(["train", f"data={DATA[0]}", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_config_file_and_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 0.001\nread_layers: [10, 14]\ndata: [%s]\n" % DATA[0])
+    from latentqa.train.config import parse_overrides, read_config_file
+
+    values = read_config_file(tmp_path / "c.yaml")
+    values.update(parse_overrides(["lr=3e-4", "gradient_checkpointing=true"]))
+    cfg = build_config(values)
+    assert cfg.lr == 3e-4 and cfg.read_layers == [10, 14] and cfg.gradient_checkpointing
+    (tmp_path / "c.toml").write_text('batch_size = 4\ndata = ["%s"]\n' % DATA[0])
+    assert build_config(read_config_file(tmp_path / "c.toml")).batch_size == 4
+    with pytest.raises(ConfigError, match="expected true or false"):
+        build_config({"data": [DATA[0]], "full_finetune": "maybe"})
+
+
+def test_run_writes_decoder_metrics_plot_and_steps_the_schedule_per_step(tiny_target, tmp_path):
+    out = tmp_path / "run"
+    proc = _cli(_args(tiny_target, out, schedule="cosine", max_steps=5, save_every=5))
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    for name in ("config.json", "metrics.jsonl", "loss.png", "summary.json",
+                 "decoder/adapter_model.safetensors", "decoder/latentqa_decoder.json"):
+        assert (out / name).exists(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    # the rate used at each optimizer step: warmup over 2 steps, then cosine decay to 0
+    assert lrs[0] < lrs[1] == max(lrs) and lrs[1:] == sorted(lrs[1:], reverse=True)
+    assert lrs[1] > lrs[-2] > lrs[-1] and len(set(lrs[1:])) >= len(lrs) - 2
+    assert any("eval_loss_shuffled" in r for r in rows)
+    spec = json.loads((out / "decoder" / "latentqa_decoder.json").read_text())
+    assert spec["read_layer"] == 2 and spec["write_layer"] == 0 and spec["layout"] == "paper"
+    assert spec["num_blocks"] == 4 and spec["target"] == str(tiny_target)
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_target, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    proc = _cli(_args(tiny_target, straight, lora_dropout=0.1))
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+
+    proc = _cli(_args(tiny_target, killed, lora_dropout=0.1))
+    deadline = time.time() + 300
+    while not list_checkpoints(killed) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    done = list_checkpoints(killed)
+    assert done and not (killed / "decoder").exists(), "killed too late to test a resume"
+    for c in done:  # every checkpoint that exists is whole
+        assert {"adapter_model.safetensors", "latentqa_decoder.json",
+                "trainer_state.pt"} <= {p.name for p in c.iterdir()}
+
+    proc = _cli(_args(tiny_target, killed, lora_dropout=0.1) + ["--resume"])
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    assert "resumed from" in log
+    a, b = _adapter(straight), _adapter(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() < 1e-6, k
+    steps = [json.loads(x).get("step") for x in (killed / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in x]
+    assert steps == sorted(set(steps)), "metrics logged twice after the resume"
+
+
+def test_two_process_ddp_equals_one_process_with_accumulation(tiny_target, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = dict(lora_dropout=0.0, max_steps=3, save_every=3, eval_every=3)
+    proc = _cli(_args(tiny_target, one, grad_accum=2, **common))
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "latentqa.cli", "train", *_args(tiny_target, two, grad_accum=1, **common)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 process(es)" in run.stdout + run.stderr
+    a, b = _adapter(one), _adapter(two)
+    moved = max((v - 0).abs().max().item() for k, v in a.items() if "lora_B" in k)
+    assert moved > 0  # training changed the adapter
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+
+
+def test_activation_cache_gives_the_same_run(tiny_target, tmp_path):
+    fixture = str(Path(__file__).parent / "fixtures" / "data" / "good")
+    runs = {}
+    for mode in ("off", "memory", "disk"):
+        out = tmp_path / mode
+        args = _args(tiny_target, out, activation_cache=mode, cache_dtype="fp32",
+                     lora_dropout=0.0, max_steps=12, save_every=12, eval_every=12,
+                     held_out=0, eval_data=json.dumps([fixture]))
+        args[0] = f"data={json.dumps([fixture])}"  # 17 pairs: two epochs revisit records
+        proc = _cli(args)
+        log, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, log
+        runs[mode] = _adapter(out)
+        cache = json.loads((out / "summary.json").read_text())["cache"]
+        if mode != "off":
+            assert cache["hits"] > 0 and cache["misses"] > 0
+    for mode in ("memory", "disk"):
+        for k in runs["off"]:
+            torch.testing.assert_close(runs[mode][k], runs["off"][k], rtol=0, atol=1e-6)
