@@ -9,6 +9,8 @@ Prints JSON:
                        two copies mmapped from one safetensors file share pages in the OS
                        page cache and the comparison would say nothing.
   parameter_bytes_ratio  distinct parameter storage bytes, the same comparison exactly.
+  load_s               seconds to load the cached default model (after the one-time GGUF
+                       conversion), in a fresh process with the imports already done.
 
 Usage: python benchmarks/capture.py [--model smollm2-135m] [--batch 4] [--tokens 128]
 """
@@ -39,9 +41,13 @@ def child(layout: str, model_spec: str) -> None:
     """Load models the given way and print the resident memory they added."""
     import gc
 
+    import transformers  # noqa: F401  (import time is not load time)
+
     import latentqa
 
-    tok = latentqa.load_model(model_spec).tokenizer  # warm imports and caches first
+    t = time.perf_counter()
+    tok = latentqa.load_model(model_spec).tokenizer  # also warms imports for what follows
+    load_s = time.perf_counter() - t
     ids = torch.tensor([tok("Hello, how are you today?")["input_ids"]])
     gc.collect()
     before = rss_bytes()
@@ -57,7 +63,8 @@ def child(layout: str, model_spec: str) -> None:
     gc.collect()
     storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes()
                 for m in (target, decoder) for p in m.parameters()}
-    print(json.dumps({"bytes": rss_bytes() - before, "param_bytes": sum(storages.values())}))
+    print(json.dumps({"bytes": rss_bytes() - before, "param_bytes": sum(storages.values()),
+                      "load_s": load_s}))
 
 
 def best_time(fn, repeats: int) -> float:
@@ -112,7 +119,9 @@ def main() -> None:
         "memory_ratio": round(mem["shared"]["bytes"] / mem["two_copies"]["bytes"], 3),
         "parameter_bytes_ratio": round(
             mem["shared"]["param_bytes"] / mem["two_copies"]["param_bytes"], 3),
-        "memory_bytes": mem,
+        "memory_bytes": {k: {"rss": v["bytes"], "params": v["param_bytes"]}
+                         for k, v in mem.items()},
+        "load_s": round(min(v["load_s"] for v in mem.values()), 3),
         "torch_threads": torch.get_num_threads(),
     }, indent=2))
 

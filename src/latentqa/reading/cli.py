@@ -1,0 +1,240 @@
+"""``latentqa read``, ``latentqa score`` and ``latentqa demo``.
+
+    latentqa read --system "You are a pirate." --user "Hi!" -q "What is the persona?"
+    latentqa score dialog.json -q "Describe the assistant." -c "a pirate" -c "a chef" --json
+    latentqa read --batch rows.jsonl --output answers.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ReadingError
+
+
+class _Message(argparse.Action):
+    """--system/--user/--assistant append to one list, so their order is the dialog's."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        messages = list(getattr(namespace, "messages", None) or [])
+        messages.append({"role": option_string.lstrip("-"), "content": value})
+        namespace.messages = messages
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoder and target")
+    g.add_argument("--decoder", metavar="DIR",
+                   help="decoder directory (default: the shipped smollm2-135m decoder)")
+    g.add_argument("--target", metavar="SPEC",
+                   help="target model (default: the one the decoder was trained on)")
+    g.add_argument("--preset", help="options for a decoder without a sidecar: latentqa-paper")
+    g.add_argument("--layout", help="probe layout of a decoder without a sidecar: paper, "
+                                    "activation_oracles")
+    g.add_argument("--layer", "--read-layer", dest="layer", type=int,
+                   help="read the target after this block (default: the decoder's)")
+    g.add_argument("--write-layer", type=int, help="inject after this block (default: the "
+                                                   "decoder's)")
+    g.add_argument("--injection", choices=("replace", "norm_add"))
+    g.add_argument("--allow-other-target", action="store_true",
+                   help="accept a target whose name differs from the decoder's (sizes must "
+                        "still match)")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", default="fp32")
+    r = p.add_argument_group("reading")
+    r.add_argument("--read", metavar="SEL", help="which tokens to read: after-system (default),"
+                   " messages:1,2, tokens:START:END, last:N")
+    r.add_argument("--control", choices=("shuffled", "none"),
+                   help="shuffled: another dialog's activations; none: inject nothing")
+    r.add_argument("--max-new-tokens", type=int, default=48)
+    r.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    r.add_argument("--top-p", type=float, default=1.0)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--batch-size", type=int, default=16)
+
+
+def _inputs(p: argparse.ArgumentParser, *, scoring: bool) -> None:
+    p.add_argument("dialog", nargs="?", metavar="DIALOG_FILE",
+                   help="a JSON list of messages, or a JSONL of dialogs (docs/data.md)")
+    for role in ("system", "user", "assistant"):
+        p.add_argument(f"--{role}", action=_Message, metavar="TEXT",
+                       help=f"a {role} message (repeat; order is kept)")
+    p.add_argument("-q", "--question", action="append", default=[],
+                   help="a question for the decoder (repeat for several)")
+    if scoring:
+        p.add_argument("-c", "--candidate", action="append", default=[],
+                       help="a candidate answer to score (repeat)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--batch", metavar="ROWS.jsonl",
+                   help="batch mode: one dialog x question row per line (docs/reading.md)")
+    p.add_argument("-o", "--output", metavar="OUT.jsonl", help="batch output (default: stdout)")
+    p.set_defaults(messages=None)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("read", help="ask a decoder questions about a dialog's "
+                                           "activations")
+    _inputs(p, scoring=False)
+    _common(p)
+    p.set_defaults(func=cmd_read)
+    p = subparsers.add_parser("score", help="score candidate answers about a dialog's "
+                                            "activations")
+    _inputs(p, scoring=True)
+    _common(p)
+    p.set_defaults(func=cmd_score)
+    p = subparsers.add_parser("demo", help="read hidden system prompts from SmolLM2's "
+                                           "activations")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def _user_errors(fn):
+    def wrapped(args):
+        from ..cli import UserError
+
+        try:
+            return fn(args)
+        except ReadingError as e:
+            raise UserError(str(e)) from None
+
+    return wrapped
+
+
+def _load(args):
+    from .reader import load
+
+    return load(args.decoder, args.target, preset=args.preset, layout=args.layout,
+                read_layer=args.layer, write_layer=args.write_layer, injection=args.injection,
+                device=args.device, dtype=args.dtype, allow_other_target=args.allow_other_target,
+                batch_size=args.batch_size)
+
+
+def _generation(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed)
+
+
+def _dialogs(args) -> tuple[list, list]:
+    """(dialogs, per-dialog read selections) from the file or the message flags."""
+    from .dialogs_io import read_dialog_file
+    from .selection import as_read
+
+    if args.dialog and args.messages:
+        raise ReadingError("give a dialog file or --system/--user/--assistant, not both")
+    if args.dialog:
+        found = read_dialog_file(args.dialog)
+    elif args.messages:
+        found = [(args.messages, None)]
+    else:
+        raise ReadingError("no dialog: give a dialog file or --system/--user/--assistant "
+                           "messages (or --batch ROWS.jsonl)")
+    # --read applies to every dialog; a JSONL line's own 'read' (message indices) otherwise
+    reads = [as_read(args.read) if args.read or r is None else as_read(r) for _, r in found]
+    return [m for m, _ in found], reads
+
+
+@_user_errors
+def cmd_read(args) -> int:
+    if args.batch:
+        return _batch(args, scoring=False)
+    dialogs, reads = _dialogs(args)
+    if not args.question:
+        raise ReadingError("no questions: give at least one --question")
+    lqa = _load(args)
+    pairs = [(d, q) for d in range(len(dialogs)) for q in args.question]
+    answers = lqa.answer_pairs(_checked(dialogs), pairs, read=reads, control=args.control,
+                               **_generation(args))
+    results = [{"question": q, "answer": a} for (_, q), a in zip(pairs, answers)]
+    if len(dialogs) > 1:
+        for r, (d, _) in zip(results, pairs):
+            r["dialog"] = d
+    if args.json:
+        print(json.dumps({"answers": results}, indent=2, ensure_ascii=False))
+        return 0
+    for r in results:
+        prefix = f"[dialog {r['dialog']}] " if "dialog" in r else ""
+        print(f"{prefix}Q: {r['question']}\n{' ' * len(prefix)}A: {r['answer']}\n")
+    return 0
+
+
+@_user_errors
+def cmd_score(args) -> int:
+    if args.batch:
+        return _batch(args, scoring=True)
+    dialogs, reads = _dialogs(args)
+    if not args.question:
+        raise ReadingError("no questions: give at least one --question")
+    if not args.candidate:
+        raise ReadingError("no candidates: give at least one --candidate")
+    lqa = _load(args)
+    pairs = [(d, q) for d in range(len(dialogs)) for q in args.question]
+    scores = lqa.score_pairs(_checked(dialogs), pairs, [args.candidate] * len(pairs),
+                             read=reads, control=args.control)
+    results = [s.to_dict() | ({"dialog": d} if len(dialogs) > 1 else {})
+               for (d, _), s in zip(pairs, scores)]
+    if args.json:
+        print(json.dumps({"scores": results}, indent=2, ensure_ascii=False))
+        return 0
+    for (d, _), s in zip(pairs, scores):
+        prefix = f"[dialog {d}] " if len(dialogs) > 1 else ""
+        print(f"{prefix}Q: {s.question}")
+        print(f"  {'mean':>7} {'total':>8} {'tokens':>6}  candidate (best first)")
+        for c in s.ranking():
+            print(f"  {c.mean_logprob:7.3f} {c.logprob:8.2f} {c.num_tokens:6d}  {c.candidate}")
+        print()
+    return 0
+
+
+def _checked(dialogs):
+    from .inputs import as_dialogs
+
+    return as_dialogs(list(dialogs))[0]
+
+
+def _batch(args, *, scoring: bool) -> int:
+    """Rows from a JSONL file to a JSONL output, in chunks, with a progress bar."""
+    from tqdm import tqdm
+
+    from .dialogs_io import read_batch_rows
+    from .selection import as_read
+
+    rows = read_batch_rows(args.batch, need_candidates=scoring)
+    lqa = _load(args)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    total = sum(len(r["questions"]) * (len(r["candidates"]) if scoring else 1) for r in rows)
+    try:
+        with tqdm(total=total, unit="row" if not scoring else "cand", file=sys.stderr,
+                  disable=None) as bar:
+            for start in range(0, len(rows), 64):  # write as we go; bounded memory
+                chunk = rows[start:start + 64]
+                dialogs = _checked([r["messages"] for r in chunk])
+                reads = [as_read(args.read) if args.read or r["read"] is None
+                         else as_read(r["read"]) for r in chunk]
+                pairs = [(i, q) for i, r in enumerate(chunk) for q in r["questions"]]
+                if scoring:
+                    cands = [chunk[i]["candidates"] for i, _ in pairs]
+                    got = lqa.score_pairs(dialogs, pairs, cands, read=reads,
+                                          control=args.control, progress=bar.update)
+                    results = [{"question": s.question, "scores": s.to_dict()["candidates"],
+                                "best": s.best} for s in got]
+                else:
+                    got = lqa.answer_pairs(dialogs, pairs, read=reads, control=args.control,
+                                           progress=bar.update, **_generation(args))
+                    results = [{"question": q, "answer": a} for (_, q), a in zip(pairs, got)]
+                for (i, _), result in zip(pairs, results):
+                    row = dict(chunk[i]["extra"], line=chunk[i]["line"], **result)
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+@_user_errors
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(_load(args), max_new_tokens=args.max_new_tokens, control=args.control)
+    return 0

@@ -1,0 +1,60 @@
+"""Decoders for the reading tests: the development decoder, or an untrained one.
+
+``LATENTQA_DEV_DECODER`` (default /tmp/run2/decoder, written by `latentqa train`) is used when it
+exists; otherwise an untrained LoRA adapter is saved with a sidecar, which exercises every code
+path but answers like the plain model. Tests that need a *good* decoder use the shipped one and
+skip while it is not in the tree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DEV_DECODER = Path(os.environ.get("LATENTQA_DEV_DECODER", "/tmp/run2/decoder"))
+
+
+def dev_decoder_dir(tmp_path_factory) -> Path:
+    if (DEV_DECODER / "latentqa_decoder.json").is_file():
+        return DEV_DECODER
+    from latentqa.arch import model_info
+    from latentqa.decoder import DecoderSpec, add_decoder_adapter, save_decoder
+    from latentqa.models import load_model
+
+    model = load_model("smollm2-135m").model
+    info = model_info(model)
+    spec = DecoderSpec(target="smollm2-135m", model_type=info.model_type,
+                       num_blocks=info.num_blocks, hidden_size=info.hidden_size,
+                       read_layer=14, write_layer=0, read_layers=[14])
+    out = tmp_path_factory.mktemp("dev") / "decoder"
+    return save_decoder(add_decoder_adapter(model), out, spec)
+
+
+def shipped_or_skip() -> Path:
+    from latentqa.reading import SHIPPED_DECODER
+
+    if not (SHIPPED_DECODER / "adapter_model.safetensors").is_file():
+        pytest.skip(f"needs the shipped (trained) decoder at {SHIPPED_DECODER}, not committed yet")
+    return SHIPPED_DECODER
+
+
+def reading_main(argv):
+    """``latentqa.cli.main`` with the reading commands registered (until cli.py does it)."""
+    from latentqa import cli
+    from latentqa.reading import cli as reading_cli
+
+    def build():
+        parser = original()
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        if "read" not in sub.choices:
+            reading_cli.register(sub)
+        return parser
+
+    original = cli.build_parser
+    cli.build_parser = build
+    try:
+        return cli.main(argv)
+    finally:
+        cli.build_parser = original
