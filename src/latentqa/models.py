@@ -175,44 +175,40 @@ def builtin_cache_path(spec: str) -> Path:
     return cache_dir() / "models" / spec
 
 
-def load_config(spec: str | os.PathLike = DEFAULT_MODEL, *, trust_remote_code: bool = False):
-    """Only the model's config (layer count, sizes): cheap, for checking options early."""
-    from transformers import AutoConfig
-
-    _quiet_transformers()
-    spec = str(spec)
+def _local_folder(spec: str) -> Path | None:
+    """The Hugging Face folder a spec names (converting a built-in once), or None."""
     if spec in BUILTIN_MODELS:
         folder = builtin_cache_path(spec)
         if not (folder / "config.json").exists():
             _convert_builtin(spec, folder)
-        return AutoConfig.from_pretrained(str(folder))
+        return folder
     path = Path(spec).expanduser()
-    if path.is_dir() and (path / "config.json").exists():
-        try:
-            return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        except Exception as e:
-            raise ModelLoadError(f"could not read {path / 'config.json'}: {e}") from e
-    return load_model(spec, trust_remote_code=trust_remote_code).model.config
+    return path if path.is_dir() and (path / "config.json").exists() else None
+
+
+def _load_part(spec, what: str, trust_remote_code: bool):
+    from transformers import AutoConfig, AutoTokenizer
+
+    _quiet_transformers()
+    folder = _local_folder(str(spec))
+    if folder is None:  # a GGUF file or a hub id: only a full load knows
+        loaded = load_model(spec, trust_remote_code=trust_remote_code)
+        return loaded.model.config if what == "config" else loaded.tokenizer
+    auto = AutoConfig if what == "config" else AutoTokenizer
+    try:
+        return auto.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ModelLoadError(f"could not load the {what} of {spec!r} from {folder}: {e}") from e
+
+
+def load_config(spec: str | os.PathLike = DEFAULT_MODEL, *, trust_remote_code: bool = False):
+    """Only the model's config (layer count, sizes): cheap, for checking options early."""
+    return _load_part(spec, "config", trust_remote_code)
 
 
 def load_tokenizer(spec: str | os.PathLike = DEFAULT_MODEL, *, trust_remote_code: bool = False):
     """Only the tokenizer of a spec (no weights are read, except to convert a built-in once)."""
-    from transformers import AutoTokenizer
-
-    _quiet_transformers()
-    spec = str(spec)
-    if spec in BUILTIN_MODELS:
-        folder = builtin_cache_path(spec)
-        if not (folder / "config.json").exists():
-            _convert_builtin(spec, folder)
-        return AutoTokenizer.from_pretrained(str(folder))
-    path = Path(spec).expanduser()
-    if path.is_dir() and (path / "config.json").exists():
-        try:
-            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        except Exception as e:
-            raise ModelLoadError(f"could not load the tokenizer of {spec!r}: {e}") from e
-    return load_model(spec, trust_remote_code=trust_remote_code).tokenizer
+    return _load_part(spec, "tokenizer", trust_remote_code)
 
 
 def load_model(
