@@ -93,7 +93,8 @@ def main() -> None:
     loaded = latentqa.load_model(args.model)
     model = loaded.model
     n = latentqa.model_info(model).num_blocks
-    ids = torch.randint(10, 1000, (args.batch, args.tokens), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 1000, (args.batch, args.tokens), generator=gen)
     with torch.inference_mode():
         full = best_time(lambda: model(input_ids=ids, use_cache=False), args.repeats)
         ratios, seconds = {}, {"full_forward": full}

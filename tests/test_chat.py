@@ -91,7 +91,8 @@ def test_chatml_default_system_prompt_is_scaffolding_not_a_turn(smol_tokenizer):
     assert "You are a helpful AI assistant named SmolLM" in before_first_turn
     assert _decoded(tok, r, 0, "turn_index") == "<|im_start|>user\n" + DIALOG[1]["content"] + \
         "<|im_end|>\n"
-    assert _decoded(tok, r, 1, "turn_index") == "<|im_start|>assistant\nArr, 'tis Paris!<|im_end|>\n"
+    assert _decoded(tok, r, 1, "turn_index") == \
+        "<|im_start|>assistant\nArr, 'tis Paris!<|im_end|>\n"
 
 
 @pytest.mark.parametrize("style,first_header", [
@@ -106,7 +107,8 @@ def test_turns_own_their_role_headers(tokenizers, style, first_header):
     assert "user" in turns[1].split(DIALOG[1]["content"].strip())[0]
     assert turns[3].rstrip().endswith("assistant" + ("<|end_header_id|>" if style == "llama3"
                                                       else ""))
-    assert "".join(turns) in r.text and _decoded(tok, r, SCAFFOLD, "turn_index") in ("", tok.bos_token)
+    assert "".join(turns) in r.text
+    assert _decoded(tok, r, SCAFFOLD, "turn_index") in ("", tok.bos_token)
 
 
 def test_template_that_refuses_system_gets_it_merged_but_still_labelled(tokenizers):

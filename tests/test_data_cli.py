@@ -59,7 +59,8 @@ def test_stats_lists_every_problem_and_fails(capsys):
 
 def test_load_error_through_the_cli_is_one_clean_message(capsys, monkeypatch):
     # a command that loads strictly raises DataError; the CLI prints it without a traceback
-    from latentqa.data import cli as data_cli, load_data
+    from latentqa.data import cli as data_cli
+    from latentqa.data import load_data
 
     def strict(args):
         load_data(args.paths)

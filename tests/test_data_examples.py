@@ -7,8 +7,16 @@ import torch
 
 from latentqa.chat import SCAFFOLD, render_dialog
 from latentqa.data import (
-    AO_LAYOUT, IGNORE_INDEX, Collator, LatentQADataset, ProbeBuilder, Record, build_example,
-    build_probe, load_data, render_target,
+    AO_LAYOUT,
+    IGNORE_INDEX,
+    Collator,
+    LatentQADataset,
+    ProbeBuilder,
+    Record,
+    build_example,
+    build_probe,
+    load_data,
+    render_target,
 )
 
 GOOD = Path(__file__).parent / "fixtures" / "data" / "good"

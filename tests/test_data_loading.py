@@ -5,8 +5,14 @@ from pathlib import Path
 import pytest
 
 from latentqa.data import (
-    SYSTEM_RECOVERY_QUESTION, DataError, LatentQAData, load_data, read_data, split_by_label,
-    split_labels, validate,
+    SYSTEM_RECOVERY_QUESTION,
+    DataError,
+    LatentQAData,
+    load_data,
+    read_data,
+    split_by_label,
+    split_labels,
+    validate,
 )
 from latentqa.data.splits import is_held_out
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from latentqa.datagen import validate
 from latentqa.datagen.errors import DatagenError, FieldFailed, InvalidOutput
 from latentqa.datagen.export import build
 from latentqa.datagen.store import JsonlLog, write_json_atomic
 from latentqa.datagen.text import Labels, NearDuplicates, slugify
 from latentqa.datagen.units import Asker
-from latentqa.datagen import validate
 
 
 def test_torn_last_line_is_dropped_and_cut(tmp_path):

@@ -251,7 +251,8 @@ def _header_length(try_render, msgs, skeleton, order, scaffold, j) -> int:
         role = msgs[0]["role"]
         dummies = [[{"role": role, "content": "x"}]]
         if role == "user":
-            dummies.append([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])
+            dummies.append([{"role": "user", "content": "x"},
+                            {"role": "assistant", "content": "y"}])
         for dummy in dummies:
             try:
                 before = try_render(dummy, generation_prompt=False, first=len(msgs))

@@ -63,7 +63,8 @@ def cmd_info(args) -> int:
         return 0
     print(f"model          {report['spec']}  ({report['source']})")
     print(f"architecture   {report['architecture']} ({report['model_type']})")
-    print(f"blocks         {report['num_blocks']}  (read/write layers 0..{report['num_blocks'] - 1})")
+    last = report["num_blocks"] - 1
+    print(f"blocks         {report['num_blocks']}  (read/write layers 0..{last})")
     print(f"hidden size    {report['hidden_size']}")
     print(f"context        {report['max_positions']} tokens")
     print(f"parameters     {report['parameters']:,}")

@@ -10,7 +10,12 @@ from .layouts import AO_LAYOUT, LAYOUTS, PAPER_LAYOUT, ProbeLayout
 from .loading import LatentQAData, load_data, pair_up, read_data, validate
 from .probe import IGNORE_INDEX, Probe, ProbeBuilder, build_probe, placeholder_token_id
 from .records import (
-    KIND_READ, KINDS, SYSTEM_RECOVERY_QUESTION, Pair, Record, label_family,
+    KIND_READ,
+    KINDS,
+    SYSTEM_RECOVERY_QUESTION,
+    Pair,
+    Record,
+    label_family,
 )
 from .sampler import LengthGroupedBatchSampler
 from .splits import is_held_out, split_by_label, split_labels

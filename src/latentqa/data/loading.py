@@ -18,7 +18,12 @@ from typing import Iterable
 
 from .errors import DataError, Problem
 from .records import (
-    DIALOG_KIND, KIND_TURNS, KINDS, SYSTEM_RECOVERY_QUESTION, Pair, Record,
+    DIALOG_KIND,
+    KIND_TURNS,
+    KINDS,
+    SYSTEM_RECOVERY_QUESTION,
+    Pair,
+    Record,
 )
 
 ROLES = ("system", "user", "assistant")

@@ -6,10 +6,10 @@ from collections import Counter
 
 from ..chat import ChatTemplateError, DialogTooLongError
 from .errors import Problem
+from .examples import render_target
 from .layouts import PAPER_LAYOUT, ProbeLayout
 from .loading import LatentQAData, read_data
 from .probe import ProbeBuilder
-from .examples import render_target
 
 PERCENTILES = (0, 50, 90, 99, 100)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import export, units
-from .behaviours import collect_behaviours
 from .backends import ChatBackend
+from .behaviours import collect_behaviours
 from .errors import DatagenError, FieldFailed
 from .inputs import kind_of, read_seeds, read_system_records
 from .prompts import KINDS

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..activations import gather
 from ..arch import model_info
 from ..data import (
     LAYOUTS,
@@ -30,8 +29,9 @@ from ..data import (
     load_data,
     split_by_label,
 )
-from ..decoder import DecoderSpec, add_decoder_adapter, as_target, save_decoder
+from ..decoder import DecoderSpec, add_decoder_adapter, save_decoder
 from ..decoding import decoder_loss_sum, read_activations
+from ..evaluation.heldout import heldout_losses
 from ..models import load_config, load_model
 from . import checkpoint as ckpt
 from .cache import ActivationCache
@@ -333,7 +333,8 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
                "seconds": time.perf_counter() - t_start, "final": reporter.last_metrics(),
                "data_files": file_hashes(cfg.data), "cache": cache.stats() if cache else None}
     spec.extra = {"trained_steps": step, "data_files": summary["data_files"],
-                  "final_metrics": summary["final"]}
+                  "final_metrics": summary["final"], "held_out": cfg.held_out,
+                  "split_seed": cfg.split_seed, "system_recovery": cfg.system_recovery}
     if ddp.main:
         save_decoder(model, out_dir / "decoder", spec)
         reporter.finish(summary)
@@ -366,52 +367,16 @@ def _write_json(path: Path, obj) -> None:
     tmp.rename(path)
 
 
-@torch.no_grad()
 def evaluate(model, eval_set, collate, cfg, precision, device, ddp) -> dict:
-    """Held-out loss with real activations and with another example's (shuffled control)."""
-    was_training = model.training
-    model.eval()
+    """Held-out loss with real activations and with another record's (the shuffled control)."""
     n = min(cfg.eval_examples, len(eval_set))
     idx = list(range(len(eval_set)))
     random.Random(cfg.seed).shuffle(idx)
-    idx = idx[:n]
-    totals = {"real": [0.0, 0], "shuffled": [0.0, 0]}
-    layer = cfg.read_layers[len(cfg.read_layers) // 2]
-    for start in range(ddp.rank * cfg.batch_size, n, cfg.batch_size * ddp.world):
-        chunk = idx[start:start + cfg.batch_size]
-        examples = [eval_set[i] for i in chunk]
-        # shuffled control: each example reads the activations of a record with another label,
-        # cut or cycled to its own placeholder count
-        batch = {k: v.to(device) for k, v in collate(examples).items()}
-        with autocast(precision, device):
-            vectors = read_activations(model, batch["target_input_ids"],
-                                       batch["target_attention_mask"], batch["read_mask"], layer)
-            loss, count = decoder_loss_sum(model, batch, torch.cat(vectors),
-                                           write_layer=cfg.write_layer, mode=cfg.injection)
-            totals["real"][0] += float(loss)
-            totals["real"][1] += count
-            labels = [eval_set.data.records[eval_set.data.pairs[i].record].label for i in chunk]
-            donors = [next((k % len(chunk) for k in range(j + 1, j + len(chunk))
-                            if labels[k % len(chunk)] != labels[j]), None)
-                      for j in range(len(chunk))]
-            if all(d is not None for d in donors):
-                fitted = [_fit(vectors[d], int(m.sum()))
-                          for d, m in zip(donors, batch["placeholder_mask"])]
-                loss, count = decoder_loss_sum(model, batch, torch.cat(fitted),
-                                               write_layer=cfg.write_layer, mode=cfg.injection)
-                totals["shuffled"][0] += float(loss)
-                totals["shuffled"][1] += count
-    sums = ddp.sum(torch.tensor([totals["real"][0], totals["real"][1],
-                                 totals["shuffled"][0], totals["shuffled"][1]],
-                                dtype=torch.float64))
-    out = {"eval_loss": float(sums[0] / max(sums[1], 1)),
-           "eval_loss_shuffled": float(sums[2] / max(sums[3], 1))}
-    if was_training:
-        model.train()
-    return out
-
-
-def _fit(v: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` rows from ``v``: truncated, or cycled when ``v`` is shorter."""
-    reps = -(-n // v.shape[0])
-    return v.repeat(reps, 1)[:n]
+    totals = heldout_losses(
+        model, eval_set, collate, idx[:n], layer=cfg.read_layers[len(cfg.read_layers) // 2],
+        write_layer=cfg.write_layer, mode=cfg.injection, batch_size=cfg.batch_size,
+        conditions=("real", "shuffled"), autocast=lambda: autocast(precision, device),
+        device=device, rank=ddp.rank, world=ddp.world)
+    sums = ddp.sum(totals)
+    return {"eval_loss": float(sums[0, 0] / max(sums[0, 1], 1)),
+            "eval_loss_shuffled": float(sums[1, 0] / max(sums[1, 1], 1))}
