@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -68,6 +69,7 @@ def main() -> None:
     ask_one = lambda: lqa.ask(DIALOG, QUESTIONS[0], max_new_tokens=n)  # noqa: E731
     ask_one()  # warm-up: first calls pay for lazy initialisation
     single = timed(ask_one, args.repeats)
+    print(f"single answer: {single:.2f} s", file=sys.stderr)
 
     # Distinct dialogs (the user turn varies), so nothing is shared between pairs.
     per_q = len(QUESTIONS)
@@ -75,6 +77,7 @@ def main() -> None:
                for i in range(-(-args.pairs // per_q))]
     pairs = [(d, q) for d in range(len(dialogs)) for q in QUESTIONS][:args.pairs]
     batched = timed(lambda: lqa.answer_pairs(dialogs, pairs, max_new_tokens=n))
+    print(f"{len(pairs)} pairs batched: {batched:.2f} s", file=sys.stderr)
     one_by_one = timed(lambda: [lqa.answer_pairs([dialogs[d]], [(0, q)], max_new_tokens=n)
                                 for d, q in pairs])
     print(json.dumps({

@@ -41,20 +41,7 @@ def shipped_or_skip() -> Path:
 
 
 def reading_main(argv):
-    """``latentqa.cli.main`` with the reading commands registered (until cli.py does it)."""
+    """The ``latentqa`` command's entry point (reading commands included)."""
     from latentqa import cli
-    from latentqa.reading import cli as reading_cli
 
-    def build():
-        parser = original()
-        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-        if "read" not in sub.choices:
-            reading_cli.register(sub)
-        return parser
-
-    original = cli.build_parser
-    cli.build_parser = build
-    try:
-        return cli.main(argv)
-    finally:
-        cli.build_parser = original
+    return cli.main(argv)

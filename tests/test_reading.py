@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from reading_fixtures import dev_decoder_dir, shipped_or_skip
 
 from latentqa.arch import LayerError
 from latentqa.chat import DialogTooLongError
 from latentqa.reading import CASES, Read, ReadingError, Score, load
 from latentqa.reading.cases import DESCRIBE
-from reading_fixtures import dev_decoder_dir, shipped_or_skip
 
 PERSONA = "What is the persona of the assistant?"
 DIALOG = CASES[0].dialog("Arr, a fine stew of fish, matey!")

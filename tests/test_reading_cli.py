@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from reading_fixtures import dev_decoder_dir, reading_main
 
 from latentqa.reading import cli as reading_cli
 from latentqa.reading import load
-from reading_fixtures import dev_decoder_dir, reading_main
 
 ARGS = ["--system", "You are a pirate.", "--user", "Hi!", "--assistant", "Arr, ahoy!"]
 

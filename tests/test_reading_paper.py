@@ -10,11 +10,11 @@ import copy
 
 import pytest
 import torch
+from reading_fixtures import dev_decoder_dir
 
 from latentqa.decoder import add_decoder_adapter, as_target
 from latentqa.models import build_from_config
 from latentqa.reading import DecoderMismatchError, Read, load
-from reading_fixtures import dev_decoder_dir
 
 # Meta-Llama-3-8B-Instruct's chat template.
 LLAMA3_TEMPLATE = (

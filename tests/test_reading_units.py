@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from reading_fixtures import dev_decoder_dir
 
 from latentqa.chat import render_dialog
 from latentqa.reading import DecoderError, DecoderMismatchError, Read, ReadingError
@@ -14,7 +15,6 @@ from latentqa.reading.decoders import check_compatible, model_name, resolve_deco
 from latentqa.reading.inputs import as_dialogs, as_questions, shaped
 from latentqa.reading.reader import config_info
 from latentqa.reading.selection import as_read, parse_read
-from reading_fixtures import dev_decoder_dir
 
 DIALOG = [{"role": "system", "content": "You are a pirate."},
           {"role": "user", "content": "Hi there!"},

@@ -18,6 +18,7 @@ from .chat import (
 )
 from .decoder import add_decoder_adapter, as_target, load_decoder_adapter
 from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
+from .reading import Reader, load
 
 __all__ = [
     "__version__",
@@ -26,4 +27,5 @@ __all__ = [
     "SCAFFOLD", "ChatTemplateError", "DialogTooLongError", "RenderedDialog", "render_dialog",
     "add_decoder_adapter", "as_target", "load_decoder_adapter",
     "DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "load_model",
+    "Reader", "load",
 ]

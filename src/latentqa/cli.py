@@ -25,13 +25,10 @@ def _user_errors():
 
     errors = [UserError, ModelLoadError, LayerError, ChatTemplateError, DialogTooLongError,
               FileNotFoundError]
-    try:
-        from .data.errors import DataError
+    from .data.errors import DataError
+    from .reading.errors import ReadingError
 
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return tuple(errors + [DataError, ReadingError])
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -100,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
     for module in ("latentqa.data.cli", "latentqa.datagen.cli"):
         _register(module, data_sub)
-    for module in ("latentqa.train.cli",):
+    for module in ("latentqa.reading.cli", "latentqa.train.cli"):
         _register(module, sub)
     return parser
 

@@ -268,6 +268,8 @@ class Reader:
     def _batches(self, items, batch_size):
         """Row indices in batches of similar length (less padding), longest first."""
         size = batch_size or self.batch_size
+        if not items:
+            return []
         if size < 1:
             raise ReadingError(f"batch_size must be at least 1, got {size}")
         length = (lambda i: len(items[i])) if isinstance(items[0], torch.Tensor) else (
