@@ -80,7 +80,8 @@ def test_probe_is_the_reference_prompt_token_by_token(paper):
     assert ids[where[0] - 1] == tok("\n\n", add_special_tokens=False)["input_ids"][-1]
     assert ids[where[-1] + 1] == tok.convert_tokens_to_ids("<|eot_id|>")
     scored = paper._probe(3, "What is the persona?", "A pirate.", None)
-    answer = [i for i, l in zip(scored.input_ids.tolist(), scored.labels.tolist()) if l != -100]
+    labelled = zip(scored.input_ids.tolist(), scored.labels.tolist())
+    answer = [i for i, lab in labelled if lab != -100]
     assert tok.decode(answer) == "A pirate.<|eot_id|>"  # the answer only, with its stop token
 
 

@@ -70,6 +70,20 @@ def find_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     return name, mod
 
 
+def config_info(config) -> ModelInfo:
+    """The sizes ``model_info`` reports, from a config alone (no weights loaded)."""
+    text = _text_config(config)
+    return ModelInfo(
+        architecture=type(config).__name__,
+        model_type=getattr(text, "model_type", "unknown"),
+        num_blocks=_first_int(text, "num_hidden_layers", "n_layer", "num_layers") or 0,
+        hidden_size=_first_int(text, "hidden_size", "n_embd", "d_model") or 0,
+        max_positions=_first_int(text, "max_position_embeddings", "n_positions", "n_ctx",
+                                 "seq_length"),
+        blocks_path="",
+    )
+
+
 def model_info(model: torch.nn.Module) -> ModelInfo:
     config = _text_config(model.config)
     path, blocks = find_blocks(model)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..activations import INJECTION_MODES
-from ..arch import ModelInfo, model_info
+from ..arch import config_info, model_info
 from ..chat import DialogTooLongError, render_dialog
 from ..data.layouts import LAYOUTS
 from ..data.probe import ProbeBuilder
@@ -60,20 +60,6 @@ def load(decoder=None, target: str | None = None, *, preset: str | None = None,
         spec.num_blocks, spec.hidden_size = info.num_blocks, info.hidden_size
     return Reader(model.eval(), loaded.tokenizer, spec, decoder_path=str(resolved.path),
                   batch_size=batch_size)
-
-
-def config_info(config) -> ModelInfo:
-    """The sizes ``model_info`` would report, from a config alone (no weights)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-
-    def first(*names):
-        return next((getattr(text, n) for n in names if isinstance(getattr(text, n, None), int)),
-                    None)
-
-    return ModelInfo(type(config).__name__, getattr(text, "model_type", "unknown"),
-                     first("num_hidden_layers", "n_layer", "num_layers") or 0,
-                     first("hidden_size", "n_embd", "d_model") or 0,
-                     first("max_position_embeddings", "n_positions", "n_ctx", "seq_length"), "")
 
 
 class Reader:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..arch import model_info
+from ..arch import config_info, model_info
 from ..data import (
     LAYOUTS,
     Collator,
@@ -138,12 +138,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict:
 
 
 def model_info_from_config(spec: str) -> int:
-    config = load_config(spec)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        if isinstance(getattr(text, name, None), int):
-            return getattr(text, name)
-    raise ValueError(f"cannot tell how many blocks {spec} has from its config")
+    return config_info(load_config(spec)).num_blocks
 
 
 def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log) -> dict:
