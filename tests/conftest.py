@@ -51,3 +51,18 @@ def tiny_model(arch: str, seed: int = 0):
 
     torch.manual_seed(seed)
     return build_from_config(tiny_config(arch)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_target(tmp_path_factory, smol_tokenizer):
+    """A 4-block random llama with SmolLM2's tokenizer and chat template, as a local folder."""
+    from latentqa.models import build_from_config
+
+    folder = tmp_path_factory.mktemp("tiny-target")
+    config = tiny_config("llama")
+    config.vocab_size = len(smol_tokenizer)
+    config.num_hidden_layers = 4
+    torch.manual_seed(0)
+    build_from_config(config).save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    return folder

@@ -12,27 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA, tiny_config
+from conftest import SHARED_DATA
 
 from latentqa.cli import main
-from latentqa.models import build_from_config
 from latentqa.train import ConfigError, build_config
 from latentqa.train.checkpoint import list_checkpoints
 
 DATA = [str(SHARED_DATA / "latentqa" / "control.json"), str(SHARED_DATA / "latentqa" / "qa.json")]
-
-
-@pytest.fixture(scope="module")
-def tiny_target(tmp_path_factory, smol_tokenizer):
-    """A 4-block random llama with SmolLM2's tokenizer and chat template, as a local folder."""
-    folder = tmp_path_factory.mktemp("tiny-target")
-    config = tiny_config("llama")
-    config.vocab_size = len(smol_tokenizer)
-    config.num_hidden_layers = 4
-    torch.manual_seed(0)
-    build_from_config(config).save_pretrained(folder)
-    smol_tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _args(target, out, **extra):

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
     for module in ("latentqa.data.cli", "latentqa.datagen.cli"):
         _register(module, data_sub)
-    for module in ("latentqa.reading.cli", "latentqa.train.cli"):
+    for module in ("latentqa.reading.cli", "latentqa.train.cli", "latentqa.evaluation.cli"):
         _register(module, sub)
     return parser
 
