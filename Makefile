@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/latentqa info
+	$(BIN)/latentqa demo
 
 test: setup
 	$(BIN)/python -m pytest -q

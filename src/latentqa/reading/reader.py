@@ -126,7 +126,7 @@ class Reader:
         probes = [self._probe(counts[d], q, None, layer) for d, q in pairs]
         answers: list[str] = [""] * len(pairs)
         for rows in self._batches(probes, batch_size):
-            ids, attn, ph, _ = _pad([probes[r] for r in rows], self.pad_id, "left")
+            ids, attn, ph, _ = pad_probes([probes[r] for r in rows], self.pad_id, "left")
             vecs = None if vectors is None else [vectors[pairs[r][0]] for r in rows]
             out = generate_answers(
                 self.model, self.tokenizer, ids, attn, ph, vecs,
@@ -148,7 +148,7 @@ class Reader:
         probes = [self._probe(counts[pairs[p][0]], pairs[p][1], c, layer) for p, c in rows]
         results: list[CandidateScore | None] = [None] * len(rows)
         for batch in self._batches(probes, batch_size):
-            ids, attn, ph, labels = _pad([probes[r] for r in batch], self.pad_id, "right")
+            ids, attn, ph, labels = pad_probes([probes[r] for r in batch], self.pad_id, "right")
             vecs = None if vectors is None else [vectors[pairs[rows[r][0]][0]] for r in batch]
             logp, pos = labelled_logprobs(self.model, ids, attn, labels, placeholder_mask=ph,
                                           vectors=vecs, write_layer=self.spec.write_layer,
@@ -264,7 +264,7 @@ class Reader:
         return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-def _pad(probes, pad_id: int, side: str):
+def pad_probes(probes, pad_id: int, side: str):
     """Stack probes: ids, attention mask, placeholder mask, labels, padded on ``side``."""
     width = max(len(p.input_ids) for p in probes)
 

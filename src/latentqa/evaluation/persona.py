@@ -1,0 +1,227 @@
+"""Persona recovery as multiple choice, under the controls the critique of decoders asks for.
+
+For each record: the question is its label's first QA question; the candidates are its label's
+first answer and ``choices - 1`` first answers of other labels of the same family, drawn with
+the seed. Each candidate is scored by its mean log-probability per token; a record is correct
+when the true answer ranks first. The same candidates are scored under every condition:
+
+  activations        the record's own read activations
+  shuffled           the activations of another record, with another label
+  no_activations     the same probe, nothing injected into the placeholders
+  text_only          the base model (adapter off), shown the read turns as text, same question
+  untrained_decoder  adapter off, the record's activations injected (Patchscope/SelfIE style)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from ..chat import render_dialog
+from ..data.examples import render_target
+from ..data.probe import IGNORE_INDEX, Probe
+from ..decoder import as_target
+from ..decoding import labelled_logprobs, per_row_logprob, read_activations
+from ..reading.reader import pad_probes
+from .stats import mcnemar_exact, summarize
+
+CONDITIONS = ("activations", "shuffled", "no_activations", "text_only", "untrained_decoder")
+TEXT_ONLY_PROMPT = ("Here is a conversation with an AI assistant.\n\n{conversation}\n\n"
+                    "{question}")
+
+
+@dataclass
+class Item:
+    record: int
+    label: str
+    kind: str
+    family: str
+    question: str
+    candidates: list[str]
+    correct: int  # index of the true answer in ``candidates``
+
+
+def build_items(data, *, choices: int = 5, seed: int = 0) -> list[Item]:
+    first = {label: pairs[0] for label, pairs in data.qa.items() if pairs}
+    by_family = defaultdict(list)
+    for label in sorted(first):
+        by_family[label.split("-", 1)[0]].append(label)
+    items = []
+    for r, record in enumerate(data.records):
+        if record.label not in first:
+            continue
+        question, true = first[record.label]
+        others = sorted({first[lab][1] for lab in by_family[record.label.split("-", 1)[0]]
+                         if lab != record.label and first[lab][1] != true})
+        k = min(choices - 1, len(others))
+        if k < 1:
+            continue
+        rng = random.Random(seed * 1_000_003 + r)
+        candidates = [true] + rng.sample(others, k)
+        rng.shuffle(candidates)
+        items.append(Item(r, record.label, record.kind, record.family, question, candidates,
+                          candidates.index(true)))
+    return items
+
+
+def shuffled_donors(items: list[Item], data, seed: int = 0) -> list[int]:
+    """For each item, another record (with another label) whose activations it will read."""
+    rng = random.Random(seed + 7)
+    records = list(range(len(data.records)))
+    donors = []
+    for item in items:
+        while True:
+            d = rng.choice(records)
+            if data.records[d].label != item.label:
+                donors.append(d)
+                break
+    return donors
+
+
+def visible_text(record) -> str:
+    """The read turns as plain text: what a reader without activations could see."""
+    names = {"user": "User", "assistant": "Assistant", "system": "System"}
+    return "\n".join(f"{names.get(record.messages[i]['role'], record.messages[i]['role'])}: "
+                     f"{record.messages[i]['content']}" for i in record.read)
+
+
+def text_probe(tokenizer, record, question: str, answer: str) -> Probe:
+    """The text-only baseline's prompt: the read turns and the question, answer supervised."""
+    prompt = TEXT_ONLY_PROMPT.format(conversation=visible_text(record), question=question)
+    rendered = render_dialog(tokenizer, [{"role": "user", "content": prompt},
+                                         {"role": "assistant", "content": answer}])
+    start = rendered.char_spans[1][0]
+    ids = torch.tensor(rendered.input_ids, dtype=torch.long)
+    supervised = torch.tensor([t == 1 and a >= start for t, (a, _b) in
+                               zip(rendered.turn_index, rendered.offsets)])
+    labels = torch.where(supervised, ids, torch.full_like(ids, IGNORE_INDEX))
+    return Probe(ids, torch.zeros_like(ids, dtype=torch.bool), labels)
+
+
+@dataclass
+class Row:
+    probe: Probe
+    vectors: torch.Tensor | None  # None: inject nothing
+    adapter: bool  # False: the base model (adapter off)
+
+
+class PersonaEval:
+    """Scores items under conditions with one loaded ``Reader`` (model, tokenizer, spec)."""
+
+    def __init__(self, reader, *, batch_size: int = 16, progress=None):
+        self.reader, self.batch_size, self.progress = reader, batch_size, progress
+        self.model, self.tokenizer, self.spec = reader.model, reader.tokenizer, reader.spec
+
+    @torch.no_grad()
+    def activations(self, data, records: list[int]) -> dict[int, torch.Tensor]:
+        """Read activations per record (adapter off), batched, right-padded."""
+        targets = {r: render_target(self.tokenizer, data.records[r]) for r in records}
+        out = {}
+        order = sorted(targets, key=lambda r: len(targets[r].input_ids))
+        for i in range(0, len(order), self.batch_size):
+            chunk = order[i:i + self.batch_size]
+            width = max(len(targets[r].input_ids) for r in chunk)
+            ids = torch.full((len(chunk), width), self.reader.pad_id, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            for j, r in enumerate(chunk):
+                n = len(targets[r].input_ids)
+                ids[j, :n], attn[j, :n], mask[j, :n] = targets[r].input_ids, 1, \
+                    targets[r].read_mask
+            for r, v in zip(chunk, read_activations(self.model, ids, attn, mask,
+                                                    self.spec.read_layer)):
+                out[r] = v
+        return out
+
+    def rows(self, item: Item, condition: str, acts, donor: int, data) -> list[Row]:
+        build = self.reader.builder.build
+        own = acts[item.record]
+        rows = []
+        for cand in item.candidates:
+            if condition == "text_only":
+                rows.append(Row(text_probe(self.tokenizer, data.records[item.record],
+                                           item.question, cand), None, False))
+                continue
+            source = acts[donor] if condition == "shuffled" else own
+            probe = build(len(source), item.question, cand, supervise="answer")
+            vectors = None if condition == "no_activations" else source
+            rows.append(Row(probe, vectors, condition != "untrained_decoder"))
+        return rows
+
+    @torch.no_grad()
+    def score_rows(self, rows: list[Row]) -> list[float]:
+        """Mean log-probability per labelled token of each row."""
+        out = [0.0] * len(rows)
+        for adapter in (True, False):
+            group = sorted((i for i, r in enumerate(rows) if r.adapter == adapter),
+                           key=lambda i: len(rows[i].probe.input_ids))
+            ctx = contextlib.nullcontext() if adapter else as_target(self.model)
+            with ctx:
+                for s in range(0, len(group), self.batch_size):
+                    chunk = group[s:s + self.batch_size]
+                    ids, attn, ph, labels = pad_probes([rows[i].probe for i in chunk],
+                                                       self.reader.pad_id, "right")
+                    has = [rows[i].vectors is not None for i in chunk]
+                    ph[torch.tensor([not h for h in has])] = False
+                    vectors = [rows[i].vectors for i in chunk if rows[i].vectors is not None]
+                    logp, pos = labelled_logprobs(
+                        self.model, ids, attn, labels, placeholder_mask=ph if vectors else None,
+                        vectors=vectors or None, write_layer=self.spec.write_layer,
+                        mode=self.spec.injection)
+                    total, count = per_row_logprob(logp, pos, len(chunk))
+                    for j, i in enumerate(chunk):
+                        out[i] = float(total[j] / max(int(count[j]), 1))
+                    if self.progress:
+                        self.progress(len(chunk))
+        return out
+
+    def run(self, data, items: list[Item], *, conditions=CONDITIONS, seed: int = 0) -> dict:
+        unknown = set(conditions) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"unknown conditions {sorted(unknown)}; choose from {CONDITIONS}")
+        donors = shuffled_donors(items, data, seed)
+        needed = sorted({i.record for i in items} | set(donors))
+        acts = self.activations(data, needed)
+        rows, where = [], []
+        for k, item in enumerate(items):
+            for condition in conditions:
+                new = self.rows(item, condition, acts, donors[k], data)
+                where.append((k, condition, len(rows), len(new)))
+                rows += new
+        scores = self.score_rows(rows)
+        correct = {c: [False] * len(items) for c in conditions}
+        table = []
+        for k, condition, start, n in where:
+            s = scores[start:start + n]
+            correct[condition][k] = max(range(n), key=s.__getitem__) == items[k].correct
+            table.append({"item": k, "condition": condition, "scores": s})
+        return report(items, correct, conditions, table=table)
+
+
+def report(items: list[Item], correct: dict[str, list[bool]], conditions, *, table=None) -> dict:
+    """Accuracy per condition (overall, by data type, by family) and McNemar p-values."""
+    n_choices = [len(i.candidates) for i in items]
+    out = {"n": len(items),
+           "chance": sum(1 / c for c in n_choices) / len(items) if items else 0.0,
+           "conditions": {c: summarize(correct[c]) for c in conditions}}
+    if "activations" in conditions:
+        out["mcnemar_p_vs_activations"] = {
+            c: mcnemar_exact(correct["activations"], correct[c])
+            for c in conditions if c != "activations"}
+    for key in ("kind", "family"):
+        groups = defaultdict(list)
+        for k, item in enumerate(items):
+            groups[getattr(item, key)].append(k)
+        out[f"by_{'data_type' if key == 'kind' else key}"] = {
+            g: {"n": len(ks), "conditions": {c: summarize([correct[c][k] for k in ks])
+                                             for c in conditions}}
+            for g, ks in sorted(groups.items())}
+    if table is not None:
+        out["items"] = [{"label": i.label, "kind": i.kind, "question": i.question,
+                         "candidates": i.candidates, "correct": i.correct} for i in items]
+        out["scores"] = table
+    return out

@@ -1,0 +1,137 @@
+"""Persona eval: items, controls that really change what the decoder sees, and the metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentqa.cli import main
+from latentqa.data import load_data
+from latentqa.evaluation import persona
+from latentqa.evaluation.persona import Item, build_items, report, shuffled_donors
+from latentqa.evaluation.stats import mcnemar_exact, wilson_interval
+
+FIXTURE = str(Path(__file__).parent / "fixtures" / "data" / "good")
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "latentqa"
+
+
+@pytest.fixture(scope="module")
+def shared_data():
+    return load_data([SHARED / "system.json", SHARED / "control.json", SHARED / "qa.json"],
+                     system_recovery=False)
+
+
+def test_items_take_distractors_from_the_same_family(shared_data):
+    items = build_items(shared_data, choices=5, seed=0)
+    assert len(items) > 900
+    first = {label: pairs[0] for label, pairs in shared_data.qa.items()}
+    family_answers = {}
+    for label, (_q, a) in first.items():
+        family_answers.setdefault(label.split("-")[0], set()).add(a)
+    for item in items[:200]:
+        assert len(item.candidates) == 5 and len(set(item.candidates)) == 5
+        assert item.candidates[item.correct] == first[item.label][1]
+        assert item.question == first[item.label][0]
+        assert set(item.candidates) <= family_answers[item.family]
+    again = build_items(shared_data, choices=5, seed=0)
+    assert [i.candidates for i in again] == [i.candidates for i in items]
+    other = build_items(shared_data, choices=5, seed=1)
+    assert [i.candidates for i in other] != [i.candidates for i in items]
+
+
+def test_shuffled_never_uses_the_records_own_label(shared_data):
+    items = build_items(shared_data, choices=3, seed=0)[:300]
+    donors = shuffled_donors(items, shared_data, seed=0)
+    assert all(shared_data.records[d].label != i.label for d, i in zip(donors, items))
+
+
+class FakeReader:
+    def __init__(self, tokenizer):
+        from latentqa.data import ProbeBuilder
+
+        self.tokenizer, self.builder, self.pad_id = tokenizer, ProbeBuilder(tokenizer), 2
+        self.model, self.spec = None, None
+
+
+def test_each_condition_builds_what_it_claims(smol_tokenizer, shared_data):
+    ev = persona.PersonaEval(FakeReader(smol_tokenizer))
+    item = build_items(shared_data, choices=3, seed=0)[0]
+    own, donor = torch.randn(5, 576), torch.randn(8, 576)
+    acts = {item.record: own, 99: donor}
+    real = ev.rows(item, "activations", acts, 99, shared_data)
+    shuffled = ev.rows(item, "shuffled", acts, 99, shared_data)
+    none = ev.rows(item, "no_activations", acts, 99, shared_data)
+    untrained = ev.rows(item, "untrained_decoder", acts, 99, shared_data)
+    text = ev.rows(item, "text_only", acts, 99, shared_data)
+    assert all(r.vectors is own and r.adapter for r in real)
+    assert all(r.vectors is donor and int(r.probe.placeholder_mask.sum()) == 8 for r in shuffled)
+    assert all(r.vectors is None and int(r.probe.placeholder_mask.sum()) == 5 for r in none)
+    assert all(r.vectors is own and not r.adapter for r in untrained)
+    assert all(r.vectors is None and not r.adapter and not r.probe.placeholder_mask.any()
+               for r in text)
+    record = shared_data.records[item.record]
+    prompt = smol_tokenizer.decode(text[0].probe.input_ids)
+    assert record.messages[record.read[0]]["content"] in prompt
+    if record.hidden_system_prompt:
+        assert record.hidden_system_prompt not in prompt  # the hidden instruction stays hidden
+    supervised = text[0].probe.input_ids[text[0].probe.labels != -100]
+    assert smol_tokenizer.decode(supervised).startswith(item.candidates[0])
+
+
+def test_metrics_on_a_hand_made_table():
+    items = [Item(i, f"persona-{i}", "system" if i < 2 else "control", "persona", "q",
+                  ["a", "b"], 0) for i in range(4)]
+    correct = {"activations": [True, True, True, False], "shuffled": [False, False, True, False]}
+    out = report(items, correct, ("activations", "shuffled"))
+    assert out["n"] == 4 and out["chance"] == 0.5
+    assert out["conditions"]["activations"]["accuracy"] == 0.75
+    assert out["conditions"]["shuffled"]["accuracy"] == 0.25
+    assert out["mcnemar_p_vs_activations"]["shuffled"] == 0.5  # 2 discordant, both one way
+    assert out["by_data_type"]["system"]["conditions"]["activations"]["accuracy"] == 1.0
+    assert out["by_data_type"]["control"]["conditions"]["shuffled"]["accuracy"] == 0.5
+    assert mcnemar_exact([True] * 10, [False] * 10) == pytest.approx(2 / 1024)
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_no_activations_injects_nothing(monkeypatch, smol_tokenizer, shared_data):
+    seen = []
+
+    def spy(model, ids, attn, labels, *, placeholder_mask=None, vectors=None, **kw):
+        seen.append(vectors)
+        n = int((labels[:, 1:] != -100).sum())
+        return torch.zeros(n), (labels[:, 1:] != -100).nonzero()
+
+    monkeypatch.setattr(persona, "labelled_logprobs", spy)
+    fake = FakeReader(smol_tokenizer)
+    fake.model, fake.spec = torch.nn.Linear(1, 1), type("S", (), {"write_layer": 0,
+                                                                  "injection": "replace"})()
+    ev = persona.PersonaEval(fake)
+    item = build_items(shared_data, choices=3, seed=0)[0]
+    rows = ev.rows(item, "no_activations", {item.record: torch.randn(4, 576)}, 0, shared_data)
+    ev.score_rows(rows)
+    assert seen == [None]
+
+
+def test_eval_persona_cli_end_to_end(tiny_target, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", f"data={json.dumps([FIXTURE])}", f"model={tiny_target}",
+                 f"out_dir={out}", "read_layers=[2]", "max_steps=1", "batch_size=4",
+                 "held_out=0", f"eval_data={json.dumps([FIXTURE])}", "precision=fp32",
+                 "lora_r=4", "eval_every=1", "save_every=1"]) == 0
+    capsys.readouterr()
+    result_file = tmp_path / "persona.json"
+    assert main(["eval", "persona", "--data", FIXTURE, "--decoder", str(out / "decoder"),
+                 "--split", "all", "--choices", "2", "--json", str(result_file)]) == 0
+    text = capsys.readouterr().out
+    result = json.loads(result_file.read_text())
+    assert set(result["conditions"]) == set(persona.CONDITIONS)
+    assert set(result["mcnemar_p_vs_activations"]) == set(persona.CONDITIONS) - {"activations"}
+    assert result["n"] > 0 and 0 <= result["null_hallucination"]["rate"] <= 1
+    assert "McNemar p vs activations" in text and "null-hallucination rate" in text
+    assert main(["eval", "persona", "--data", FIXTURE, "--decoder", str(out / "decoder"),
+                 "--conditions", "activations,telepathy"]) == 2
