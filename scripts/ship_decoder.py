@@ -42,6 +42,13 @@ def main():
     revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                               text=True).stdout.strip()
     spec["target"] = args.target_spec
+    run_config = src.parent.parent / "config.json"  # a checkpoint inside a training run
+    if src.parent.name == "checkpoints" and run_config.exists():
+        cfg = json.loads(run_config.read_text())
+        spec.setdefault("extra", {}).update(
+            {k: cfg[k] for k in ("held_out", "split_seed", "system_recovery", "data",
+                                 "max_steps", "lr", "batch_size", "seed")},
+            trained_steps=int(src.name.split("-")[-1]))
     spec.setdefault("extra", {}).update(
         {"command": args.command, "git_revision": revision, "source": str(src),
          "shipped_dtype": "bfloat16"})
