@@ -23,7 +23,6 @@ import argparse
 import copy
 import json
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -119,6 +118,15 @@ class Baseline:
         self.opt.zero_grad(set_to_none=True)
 
 
+def peak_rss() -> int:
+    """This process's RSS high-water mark. VmHWM, not getrusage: ru_maxrss survives exec, so a
+    child would report its parent's peak."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def tokens(batch) -> int:
     return int(batch["target_attention_mask"].sum() + batch["decoder_attention_mask"].sum())
 
@@ -153,8 +161,7 @@ def main():
             Baseline(loaded, args.layer, 0)
         for b in batches[args.child]:
             side.step(b)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        print(json.dumps({"peak_rss_bytes": peak}))
+        print(json.dumps({"peak_rss_bytes": peak_rss()}))
         return
 
     ours = Ours(copy.deepcopy(loaded), args.layer, 0, precision)  # its own copy, for the adapter

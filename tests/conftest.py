@@ -66,3 +66,19 @@ def tiny_target(tmp_path_factory, smol_tokenizer):
     build_from_config(config).save_pretrained(folder)
     smol_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tiny_target, tmp_path_factory):
+    """A decoder for the tiny target, trained for 2 steps on the hand-written fixture data."""
+    import json
+
+    from latentqa.cli import main
+
+    fixture = str(Path(__file__).parent / "fixtures" / "data" / "good")
+    out = tmp_path_factory.mktemp("tiny-decoder-run")
+    assert main(["train", f"data={json.dumps([fixture])}", f"model={tiny_target}",
+                 f"out_dir={out}", "read_layers=[2]", "max_steps=2", "batch_size=4",
+                 "held_out=0", f"eval_data={json.dumps([fixture])}", "precision=fp32",
+                 "lora_r=4", "eval_every=2", "save_every=2"]) == 0
+    return out / "decoder"

@@ -26,19 +26,13 @@ def test_fit_rows_cuts_or_cycles():
     assert torch.equal(fit_rows(v, 5), torch.cat([v, v[:2]]))
 
 
-def test_eval_heldout_cli_reports_three_controls(tiny_target, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["train", f"data={json.dumps([FIXTURE])}", f"model={tiny_target}",
-                 f"out_dir={out}", "read_layers=[2]", "max_steps=2", "batch_size=4",
-                 "held_out=0", f"eval_data={json.dumps([FIXTURE])}", "precision=fp32",
-                 "lora_r=4", "eval_every=2", "save_every=2"]) == 0
-    capsys.readouterr()
+def test_eval_heldout_cli_reports_three_controls(tiny_decoder, tmp_path, capsys):
     report = tmp_path / "heldout.json"
-    assert main(["eval", "heldout", "--decoder", str(out / "decoder"), "--data", FIXTURE,
+    assert main(["eval", "heldout", "--decoder", str(tiny_decoder), "--data", FIXTURE,
                  "--split", "all", "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     assert set(result["loss"]) == {"real", "shuffled", "untrained"}
     assert result["tokens"]["real"] == result["tokens"]["untrained"] > 0
     assert len({round(v, 6) for v in result["loss"].values()}) == 3  # each control differs
     # the sidecar of a fresh run says which labels it held out
-    assert main(["eval", "heldout", "--decoder", str(out / "decoder"), "--data", FIXTURE]) == 0
+    assert main(["eval", "heldout", "--decoder", str(tiny_decoder), "--data", FIXTURE]) == 0

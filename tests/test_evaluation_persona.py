@@ -117,15 +117,9 @@ def test_no_activations_injects_nothing(monkeypatch, smol_tokenizer, shared_data
     assert seen == [None]
 
 
-def test_eval_persona_cli_end_to_end(tiny_target, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["train", f"data={json.dumps([FIXTURE])}", f"model={tiny_target}",
-                 f"out_dir={out}", "read_layers=[2]", "max_steps=1", "batch_size=4",
-                 "held_out=0", f"eval_data={json.dumps([FIXTURE])}", "precision=fp32",
-                 "lora_r=4", "eval_every=1", "save_every=1"]) == 0
-    capsys.readouterr()
+def test_eval_persona_cli_end_to_end(tiny_decoder, tmp_path, capsys):
     result_file = tmp_path / "persona.json"
-    assert main(["eval", "persona", "--data", FIXTURE, "--decoder", str(out / "decoder"),
+    assert main(["eval", "persona", "--data", FIXTURE, "--decoder", str(tiny_decoder),
                  "--split", "all", "--choices", "2", "--json", str(result_file)]) == 0
     text = capsys.readouterr().out
     result = json.loads(result_file.read_text())
@@ -133,5 +127,5 @@ def test_eval_persona_cli_end_to_end(tiny_target, tmp_path, capsys):
     assert set(result["mcnemar_p_vs_activations"]) == set(persona.CONDITIONS) - {"activations"}
     assert result["n"] > 0 and 0 <= result["null_hallucination"]["rate"] <= 1
     assert "McNemar p vs activations" in text and "null-hallucination rate" in text
-    assert main(["eval", "persona", "--data", FIXTURE, "--decoder", str(out / "decoder"),
+    assert main(["eval", "persona", "--data", FIXTURE, "--decoder", str(tiny_decoder),
                  "--conditions", "activations,telepathy"]) == 2

@@ -6,6 +6,14 @@ import json
 from pathlib import Path
 
 
+def write_json(path, obj) -> None:
+    """Write JSON whole or not at all (temporary file, then rename)."""
+    out = Path(path)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.rename(out)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a decoder, always beside its controls")
     sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND")
@@ -61,10 +69,7 @@ def cmd_heldout(args) -> int:
     for c in CONDITIONS:
         print(f"  {c:<10} loss {result['loss'][c]:.4f}  over {result['tokens'][c]} tokens")
     if args.json:
-        out = Path(args.json)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.rename(out)
+        write_json(args.json, result)
     return 0
 
 
@@ -150,10 +155,7 @@ def cmd_persona(args) -> int:
                    "choices": args.choices, "seed": args.seed})
     print_persona(result)
     if args.json:
-        out = Path(args.json)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.rename(out)
+        write_json(args.json, result)
     return 0
 
 
