@@ -1,9 +1,8 @@
 """Decoders for the reading tests: the development decoder, or an untrained one.
 
-``LATENTQA_DEV_DECODER`` (default /tmp/run2/decoder, written by `latentqa train`) is used when it
-exists; otherwise an untrained LoRA adapter is saved with a sidecar, which exercises every code
-path but answers like the plain model. Tests that need a *good* decoder use the shipped one and
-skip while it is not in the tree.
+``LATENTQA_DEV_DECODER`` (default: the shipped decoder) is used when it exists; otherwise an
+untrained LoRA adapter is saved with a sidecar, which exercises every code path but answers like
+the plain model. Tests that need a *good* decoder use the shipped one and skip without it.
 """
 
 from __future__ import annotations
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-DEV_DECODER = Path(os.environ.get("LATENTQA_DEV_DECODER", "/tmp/run2/decoder"))
+_SHIPPED = Path(__file__).resolve().parent.parent / "src" / "latentqa" / "decoders" / "smollm2-135m"
+DEV_DECODER = Path(os.environ.get("LATENTQA_DEV_DECODER", str(_SHIPPED)))
 
 
 def dev_decoder_dir(tmp_path_factory) -> Path:
