@@ -131,7 +131,10 @@ def read_config_file(path: str | os.PathLike) -> dict:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
 
             return tomllib.loads(text)
         import yaml
