@@ -8,6 +8,7 @@ from .errors import DataError, Problem
 from .examples import Example, LatentQADataset, TargetInput, build_example, render_target
 from .layouts import AO_LAYOUT, LAYOUTS, PAPER_LAYOUT, ProbeLayout
 from .loading import LatentQAData, load_data, pair_up, read_data, validate
+from .plain import PLAIN_LABEL, PLAIN_QA, add_plain_dialogs
 from .probe import IGNORE_INDEX, Probe, ProbeBuilder, build_probe, placeholder_token_id
 from .records import (
     KIND_READ,
@@ -25,6 +26,7 @@ __all__ = [
     "Collator", "DataError", "Problem",
     "Example", "LatentQADataset", "TargetInput", "build_example", "render_target",
     "AO_LAYOUT", "LAYOUTS", "PAPER_LAYOUT", "ProbeLayout",
+    "PLAIN_LABEL", "PLAIN_QA", "add_plain_dialogs",
     "LatentQAData", "load_data", "pair_up", "read_data", "validate",
     "IGNORE_INDEX", "Probe", "ProbeBuilder", "build_probe", "placeholder_token_id",
     "KIND_READ", "KINDS", "SYSTEM_RECOVERY_QUESTION", "Pair", "Record", "label_family",

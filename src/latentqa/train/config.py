@@ -31,6 +31,7 @@ class TrainConfig:
     held_out: float = 0.1  # fraction of labels held out for validation when eval_data is empty
     split_seed: int = 0
     system_recovery: bool = True
+    plain_share: float = 0.0  # share of pairs on plain-assistant dialogs (data/plain.py)
     max_tokens: int = 1024  # longest target dialog or decoder prompt; longer records are skipped
     # where to read and write
     read_layers: list[int] = field(default_factory=lambda: [14])  # one sampled per step
@@ -191,6 +192,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}")
     need(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
     need(0 <= cfg.held_out < 1, f"held_out must be in [0, 1), got {cfg.held_out}")
+    need(0 <= cfg.plain_share < 1, f"plain_share must be in [0, 1), got {cfg.plain_share}")
     need(cfg.read_layers, "read_layers: give at least one layer")
     need(cfg.injection in ("replace", "norm_add"),
          f"injection must be 'replace' or 'norm_add', got {cfg.injection!r}")

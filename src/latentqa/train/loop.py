@@ -26,6 +26,7 @@ from ..data import (
     Collator,
     LatentQADataset,
     LengthGroupedBatchSampler,
+    add_plain_dialogs,
     load_data,
     split_by_label,
 )
@@ -154,6 +155,8 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
         eval_data = load_data(cfg.eval_data, system_recovery=cfg.system_recovery)
     else:
         train_data, eval_data = split_by_label(data, held_out=cfg.held_out, seed=cfg.split_seed)
+    # from training labels only: held-out records' user turns stay unseen
+    train_data = add_plain_dialogs(train_data, cfg.plain_share, seed=cfg.seed)
 
     # model: one copy of the weights; the adapter off is the target
     weights_dtype = "bf16" if precision == "bf16" else "fp32"
@@ -329,7 +332,8 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
                "data_files": file_hashes(cfg.data), "cache": cache.stats() if cache else None}
     spec.extra = {"trained_steps": step, "data_files": summary["data_files"],
                   "final_metrics": summary["final"], "held_out": cfg.held_out,
-                  "split_seed": cfg.split_seed, "system_recovery": cfg.system_recovery}
+                  "split_seed": cfg.split_seed, "system_recovery": cfg.system_recovery,
+                  "plain_share": cfg.plain_share}
     if ddp.main:
         save_decoder(model, out_dir / "decoder", spec)
         reporter.finish(summary)
