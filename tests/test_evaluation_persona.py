@@ -61,23 +61,25 @@ def test_each_condition_builds_what_it_claims(smol_tokenizer, shared_data):
     item = build_items(shared_data, choices=3, seed=0)[0]
     own, donor = torch.randn(5, 576), torch.randn(8, 576)
     acts = {item.record: own, 99: donor}
-    real = ev.rows(item, "activations", acts, 99, shared_data)
-    shuffled = ev.rows(item, "shuffled", acts, 99, shared_data)
-    none = ev.rows(item, "no_activations", acts, 99, shared_data)
-    untrained = ev.rows(item, "untrained_decoder", acts, 99, shared_data)
-    text = ev.rows(item, "text_only", acts, 99, shared_data)
-    assert all(r.vectors is own and r.adapter for r in real)
-    assert all(r.vectors is donor and int(r.probe.placeholder_mask.sum()) == 8 for r in shuffled)
-    assert all(r.vectors is None and int(r.probe.placeholder_mask.sum()) == 5 for r in none)
-    assert all(r.vectors is own and not r.adapter for r in untrained)
-    assert all(r.vectors is None and not r.adapter and not r.probe.placeholder_mask.any()
-               for r in text)
+    real, real_on = ev.group(item, "activations", acts, 99, shared_data)
+    shuffled, _ = ev.group(item, "shuffled", acts, 99, shared_data)
+    none, none_on = ev.group(item, "no_activations", acts, 99, shared_data)
+    untrained, untrained_on = ev.group(item, "untrained_decoder", acts, 99, shared_data)
+    text, text_on = ev.group(item, "text_only", acts, 99, shared_data)
+    assert real.vectors is own and real_on and len(real.probes) == len(item.candidates)
+    assert shuffled.vectors is donor
+    assert all(int(p.placeholder_mask.sum()) == 8 for p in shuffled.probes)
+    assert none.vectors is None and none_on
+    assert all(int(p.placeholder_mask.sum()) == 5 for p in none.probes)
+    assert untrained.vectors is own and not untrained_on
+    assert text.vectors is None and not text_on
+    assert not any(p.placeholder_mask.any() for p in text.probes)
     record = shared_data.records[item.record]
-    prompt = smol_tokenizer.decode(text[0].probe.input_ids)
+    prompt = smol_tokenizer.decode(text.probes[0].input_ids)
     assert record.messages[record.read[0]]["content"] in prompt
     if record.hidden_system_prompt:
         assert record.hidden_system_prompt not in prompt  # the hidden instruction stays hidden
-    supervised = text[0].probe.input_ids[text[0].probe.labels != -100]
+    supervised = text.probes[0].input_ids[text.probes[0].labels != -100]
     assert smol_tokenizer.decode(supervised).startswith(item.candidates[0])
 
 
@@ -101,19 +103,18 @@ def test_metrics_on_a_hand_made_table():
 def test_no_activations_injects_nothing(monkeypatch, smol_tokenizer, shared_data):
     seen = []
 
-    def spy(model, ids, attn, labels, *, placeholder_mask=None, vectors=None, **kw):
-        seen.append(vectors)
-        n = int((labels[:, 1:] != -100).sum())
-        return torch.zeros(n), (labels[:, 1:] != -100).nonzero()
+    def spy(model, groups, **kw):
+        seen.extend(g.vectors for g in groups)
+        return [[torch.zeros(3) for _ in g.probes] for g in groups]
 
-    monkeypatch.setattr(persona, "labelled_logprobs", spy)
+    monkeypatch.setattr(persona, "grouped_logprobs", spy)
     fake = FakeReader(smol_tokenizer)
     fake.model, fake.spec = torch.nn.Linear(1, 1), type("S", (), {"write_layer": 0,
                                                                   "injection": "replace"})()
     ev = persona.PersonaEval(fake)
     item = build_items(shared_data, choices=3, seed=0)[0]
-    rows = ev.rows(item, "no_activations", {item.record: torch.randn(4, 576)}, 0, shared_data)
-    ev.score_rows(rows)
+    group = ev.group(item, "no_activations", {item.record: torch.randn(4, 576)}, 0, shared_data)
+    assert ev.score_groups([group]) == [[0.0] * len(item.candidates)]
     assert seen == [None]
 
 

@@ -11,11 +11,14 @@ the same function trains the decoder, scores candidates, and steers the target.
 from __future__ import annotations
 
 import contextlib
+import inspect
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .activations import capture, gather, inject, position_ids_from_mask
+from .data.probe import pad_probes
 from .decoder import as_target
 
 IGNORE_INDEX = -100
@@ -59,12 +62,131 @@ def labelled_logprobs(model, input_ids, attention_mask, labels, *, placeholder_m
         hidden = body(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=position_ids_from_mask(attention_mask),
                       use_cache=False).last_hidden_state
-    logits = head(hidden[:, :-1][keep]).float()
+    return _target_logprobs(head, config, hidden[:, :-1][keep], targets[keep]), positions
+
+
+def _target_logprobs(head, config, hidden, targets):
+    logits = head(hidden).float()
     cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    logp = -F.cross_entropy(logits, targets[keep], reduction="none")
-    return logp, positions
+    return -F.cross_entropy(logits, targets, reduction="none")
+
+
+@dataclass
+class Group:
+    """Probes that share everything before their answers (one question, several candidate
+    answers) and the vectors injected into their placeholders (None: nothing injected)."""
+
+    probes: list  # of data.probe.Probe
+    vectors: torch.Tensor | None = None
+
+
+def _shared_length(group: Group) -> int:
+    """How many leading tokens the group's probes share and no labelled token needs: the
+    prefix to run once. 0 when sharing is impossible (placeholders after it)."""
+    ids = [p.input_ids for p in group.probes]
+    width = min(len(x) for x in ids)
+    same = torch.stack([x[:width] for x in ids]).eq(ids[0][:width]).all(0)
+    common = int(same.long().cumprod(0).sum())
+    first_label = min(int((p.labels != IGNORE_INDEX).nonzero()[0, 0]) if
+                      (p.labels != IGNORE_INDEX).any() else len(p.labels) for p in group.probes)
+    n = min(common, first_label - 1)  # token first_label is predicted at first_label - 1
+    if n < 1 or any(p.placeholder_mask[n:].any() for p in group.probes):
+        return 0
+    return n
+
+
+def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: int = 0,
+                     mode: str = "replace", batch_size: int = 16) -> list[list[torch.Tensor]]:
+    """Labelled-token log-probs of every probe of every group: ``out[g][k]`` for probe k of
+    group g, the same numbers ``labelled_logprobs`` gives.
+
+    The shared prefix of a group (the placeholders and the question) runs once with the
+    injection; its KV cache is copied to each candidate, and only the candidates' own tokens
+    run again. Scoring 5 candidates this way costs about a third of scoring them one by one.
+    """
+    body, head, config = _body_and_head(model)
+    out: list[list[torch.Tensor]] = [[] for _ in groups]
+    shared = [_shared_length(g) for g in groups]
+    window = getattr(config, "sliding_window", None)
+    if window:  # a sliding-window cache drops what the candidates still attend to
+        shared = [n if max(len(p.input_ids) for p in g.probes) <= window else 0
+                  for n, g in zip(shared, groups)]
+    alone = [g for g, n in enumerate(shared) if n == 0]
+    for g in alone:
+        probes = groups[g].probes
+        ids, attn, ph, labels = pad_probes(probes, pad_id, "right")
+        vectors = groups[g].vectors
+        vecs = None if vectors is None else [vectors] * len(probes)
+        logp, pos = labelled_logprobs(model, ids, attn, labels,
+                                      placeholder_mask=ph if vecs else None, vectors=vecs,
+                                      write_layer=write_layer, mode=mode)
+        out[g] = [logp[pos[:, 0] == k] for k in range(len(probes))]
+    order = sorted((g for g, n in enumerate(shared) if n), key=lambda g: shared[g])
+    chunk: list[int] = []
+    for g in order + [None]:
+        if g is not None and (not chunk or sum(len(groups[c].probes) for c in chunk)
+                              + len(groups[g].probes) <= batch_size):
+            chunk.append(g)
+            continue
+        if chunk:
+            _score_chunk(body, head, config, model, groups, shared, chunk, out, pad_id,
+                         write_layer, mode)
+        chunk = [g] if g is not None else []
+    return out
+
+
+def _cache_kwarg(body) -> str:
+    # transformers 5.24 renamed past_key_values to cache (the old name warns until 5.40)
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+
+def _score_chunk(body, head, config, model, groups, shared, chunk, out, pad_id, write_layer,
+                 mode):
+    """One prefix pass over ``chunk``'s groups (left-padded), then one pass over all their
+    candidates' suffixes (right-padded) on copies of the prefix cache."""
+    width = max(shared[g] for g in chunk)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(chunk), width), dtype=torch.long)
+    ph = torch.zeros((len(chunk), width), dtype=torch.bool)
+    vectors = []
+    for i, g in enumerate(chunk):
+        n, first = shared[g], groups[g].probes[0]
+        ids[i, width - n:], attn[i, width - n:] = first.input_ids[:n], 1
+        if groups[g].vectors is not None:
+            ph[i, width - n:] = first.placeholder_mask[:n]
+            vectors.append(groups[g].vectors)
+    ctx = (inject(model, write_layer, ph, vectors, mode) if vectors
+           else contextlib.nullcontext())
+    with ctx:
+        first = body(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn),
+                     use_cache=True)
+    past = first.cache if getattr(first, "cache", None) is not None else first.past_key_values
+    rows = [(i, g, k) for i, g in enumerate(chunk) for k in range(len(groups[g].probes))]
+    past.reorder_cache(torch.tensor([i for i, _, _ in rows]))
+    tails = [groups[g].probes[k] for _, g, k in rows]
+    cut = [shared[g] for _, g, _ in rows]
+    length = max(len(p.input_ids) - c for p, c in zip(tails, cut))
+    s_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    s_attn = torch.zeros((len(rows), length), dtype=torch.long)
+    s_labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    for r, (p, c) in enumerate(zip(tails, cut)):
+        m = len(p.input_ids) - c
+        s_ids[r, :m], s_attn[r, :m], s_labels[r, :m] = p.input_ids[c:], 1, p.labels[c:]
+    prefix_attn = attn[[i for i, _, _ in rows]]
+    full_attn = torch.cat([prefix_attn, s_attn], dim=1)
+    positions = prefix_attn.sum(1, keepdim=True) + torch.arange(length)
+    hidden = body(input_ids=s_ids, attention_mask=full_attn, position_ids=positions,
+                  use_cache=True, **{_cache_kwarg(body): past}).last_hidden_state
+    targets = s_labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logp = _target_logprobs(head, config, hidden[:, :-1][keep], targets[keep])
+    which = keep.nonzero()[:, 0]
+    for r, (_i, g, k) in enumerate(rows):
+        while len(out[g]) <= k:
+            out[g].append(None)
+        out[g][k] = logp[which == r]
 
 
 def decoder_loss_sum(model, batch: dict, vectors, *, write_layer: int, mode: str = "replace"):

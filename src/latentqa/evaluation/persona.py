@@ -25,8 +25,7 @@ from ..chat import render_dialog
 from ..data.examples import render_target
 from ..data.probe import IGNORE_INDEX, Probe
 from ..decoder import as_target
-from ..decoding import labelled_logprobs, per_row_logprob, read_activations
-from ..reading.reader import pad_probes
+from ..decoding import Group, grouped_logprobs, read_activations
 from .stats import mcnemar_exact, summarize
 
 CONDITIONS = ("activations", "shuffled", "no_activations", "text_only", "untrained_decoder")
@@ -102,13 +101,6 @@ def text_probe(tokenizer, record, question: str, answer: str) -> Probe:
     return Probe(ids, torch.zeros_like(ids, dtype=torch.bool), labels)
 
 
-@dataclass
-class Row:
-    probe: Probe
-    vectors: torch.Tensor | None  # None: inject nothing
-    adapter: bool  # False: the base model (adapter off)
-
-
 class PersonaEval:
     """Scores items under conditions with one loaded ``Reader`` (model, tokenizer, spec)."""
 
@@ -137,46 +129,36 @@ class PersonaEval:
                 out[r] = v
         return out
 
-    def rows(self, item: Item, condition: str, acts, donor: int, data) -> list[Row]:
-        build = self.reader.builder.build
-        own = acts[item.record]
-        rows = []
-        for cand in item.candidates:
-            if condition == "text_only":
-                rows.append(Row(text_probe(self.tokenizer, data.records[item.record],
-                                           item.question, cand), None, False))
-                continue
-            source = acts[donor] if condition == "shuffled" else own
-            probe = build(len(source), item.question, cand, supervise="answer")
-            vectors = None if condition == "no_activations" else source
-            rows.append(Row(probe, vectors, condition != "untrained_decoder"))
-        return rows
+    def group(self, item: Item, condition: str, acts, donor: int, data) -> tuple[Group, bool]:
+        """The item's candidates under ``condition`` and whether the adapter is on."""
+        if condition == "text_only":
+            record = data.records[item.record]
+            return Group([text_probe(self.tokenizer, record, item.question, cand)
+                          for cand in item.candidates]), False
+        source = acts[donor] if condition == "shuffled" else acts[item.record]
+        probes = [self.reader.builder.build(len(source), item.question, cand, supervise="answer")
+                  for cand in item.candidates]
+        vectors = None if condition == "no_activations" else source
+        return Group(probes, vectors), condition != "untrained_decoder"
 
     @torch.no_grad()
-    def score_rows(self, rows: list[Row]) -> list[float]:
-        """Mean log-probability per labelled token of each row."""
-        out = [0.0] * len(rows)
+    def score_groups(self, groups: list[tuple[Group, bool]]) -> list[list[float]]:
+        """Mean log-probability per labelled token of each candidate of each group."""
+        out: list[list[float]] = [[] for _ in groups]
         for adapter in (True, False):
-            group = sorted((i for i, r in enumerate(rows) if r.adapter == adapter),
-                           key=lambda i: len(rows[i].probe.input_ids))
+            chosen = [i for i, (_, on) in enumerate(groups) if on == adapter]
             ctx = contextlib.nullcontext() if adapter else as_target(self.model)
             with ctx:
-                for s in range(0, len(group), self.batch_size):
-                    chunk = group[s:s + self.batch_size]
-                    ids, attn, ph, labels = pad_probes([rows[i].probe for i in chunk],
-                                                       self.reader.pad_id, "right")
-                    has = [rows[i].vectors is not None for i in chunk]
-                    ph[torch.tensor([not h for h in has])] = False
-                    vectors = [rows[i].vectors for i in chunk if rows[i].vectors is not None]
-                    logp, pos = labelled_logprobs(
-                        self.model, ids, attn, labels, placeholder_mask=ph if vectors else None,
-                        vectors=vectors or None, write_layer=self.spec.write_layer,
-                        mode=self.spec.injection)
-                    total, count = per_row_logprob(logp, pos, len(chunk))
-                    for j, i in enumerate(chunk):
-                        out[i] = float(total[j] / max(int(count[j]), 1))
+                for s in range(0, len(chosen), self.batch_size):
+                    chunk = chosen[s:s + self.batch_size]
+                    logps = grouped_logprobs(
+                        self.model, [groups[i][0] for i in chunk], pad_id=self.reader.pad_id,
+                        write_layer=self.spec.write_layer, mode=self.spec.injection,
+                        batch_size=self.batch_size)
+                    for i, per_cand in zip(chunk, logps):
+                        out[i] = [float(lp.mean()) if lp.numel() else 0.0 for lp in per_cand]
                     if self.progress:
-                        self.progress(len(chunk))
+                        self.progress(sum(len(groups[i][0].probes) for i in chunk))
         return out
 
     def run(self, data, items: list[Item], *, conditions=CONDITIONS, seed: int = 0) -> dict:
@@ -186,18 +168,13 @@ class PersonaEval:
         donors = shuffled_donors(items, data, seed)
         needed = sorted({i.record for i in items} | set(donors))
         acts = self.activations(data, needed)
-        rows, where = [], []
-        for k, item in enumerate(items):
-            for condition in conditions:
-                new = self.rows(item, condition, acts, donors[k], data)
-                where.append((k, condition, len(rows), len(new)))
-                rows += new
-        scores = self.score_rows(rows)
+        where = [(k, c) for k in range(len(items)) for c in conditions]
+        scores = self.score_groups([self.group(items[k], c, acts, donors[k], data)
+                                    for k, c in where])
         correct = {c: [False] * len(items) for c in conditions}
         table = []
-        for k, condition, start, n in where:
-            s = scores[start:start + n]
-            correct[condition][k] = max(range(n), key=s.__getitem__) == items[k].correct
+        for (k, condition), s in zip(where, scores):
+            correct[condition][k] = max(range(len(s)), key=s.__getitem__) == items[k].correct
             table.append({"item": k, "condition": condition, "scores": s})
         return report(items, correct, conditions, table=table)
 

@@ -19,9 +19,9 @@ from ..activations import INJECTION_MODES
 from ..arch import config_info, model_info
 from ..chat import DialogTooLongError, render_dialog
 from ..data.layouts import LAYOUTS
-from ..data.probe import ProbeBuilder
+from ..data.probe import IGNORE_INDEX, ProbeBuilder, pad_probes
 from ..decoder import DecoderSpec, as_target, load_decoder_adapter
-from ..decoding import generate_answers, labelled_logprobs, read_activations
+from ..decoding import Group, generate_answers, grouped_logprobs, read_activations
 from ..models import DEFAULT_MODEL, load_config, load_model
 from .controls import NEUTRAL_DIALOGS, check_control, shuffled_sources
 from .decoders import check_compatible, resolve_decoder
@@ -144,27 +144,31 @@ class Reader:
                     injection=None, batch_size: int | None = None, progress=None) -> list[Score]:
         """A ``Score`` per (dialog index, question) pair, with that pair's candidates."""
         counts, vectors, mode = self._sources(dialogs, read, layer, control, injection)
-        rows = [(p, c) for p, cands in enumerate(candidates) for c in as_candidates(cands)]
-        probes = [self._probe(counts[pairs[p][0]], pairs[p][1], c, layer) for p, c in rows]
-        results: list[CandidateScore | None] = [None] * len(rows)
-        for batch in self._batches(probes, batch_size):
-            ids, attn, ph, labels = pad_probes([probes[r] for r in batch], self.pad_id, "right")
-            vecs = None if vectors is None else [vectors[pairs[rows[r][0]][0]] for r in batch]
-            logp, pos = labelled_logprobs(self.model, ids, attn, labels, placeholder_mask=ph,
-                                          vectors=vecs, write_layer=self.spec.write_layer,
-                                          mode=mode)
-            for i, r in enumerate(batch):
-                mine = pos[:, 0] == i
-                token_ids = labels[i, pos[mine, 1] + 1].tolist()
-                results[r] = CandidateScore(
-                    rows[r][1], float(logp[mine].sum()), len(token_ids),
-                    [self.tokenizer.decode([t]) for t in token_ids], logp[mine].tolist())
+        candidates = [as_candidates(cands) for cands in candidates]
+        groups = [Group([self._probe(counts[d], q, c, layer) for c in candidates[p]],
+                        None if vectors is None else vectors[d])
+                  for p, (d, q) in enumerate(pairs)]
+        results: list[list[CandidateScore]] = []
+        # a pair's candidates share its probe up to the answer: that part runs once
+        size = batch_size or self.batch_size
+        if size < 1:
+            raise ReadingError(f"batch_size must be at least 1, got {size}")
+        for start in range(0, len(groups), max(1, size)):
+            chunk = groups[start:start + max(1, size)]
+            logps = grouped_logprobs(self.model, chunk, pad_id=self.pad_id,
+                                     write_layer=self.spec.write_layer, mode=mode,
+                                     batch_size=size)
+            for group, cands, per_cand in zip(chunk, candidates[start:], logps):
+                row = []
+                for probe, cand, logp in zip(group.probes, cands, per_cand):
+                    token_ids = probe.labels[probe.labels != IGNORE_INDEX].tolist()
+                    row.append(CandidateScore(cand, float(logp.sum()), len(token_ids),
+                                              [self.tokenizer.decode([t]) for t in token_ids],
+                                              logp.tolist()))
+                results.append(row)
             if progress:
-                progress(len(batch))
-        scores = [Score(q, []) for _, q in pairs]
-        for (p, _), result in zip(rows, results):
-            scores[p].candidates.append(result)
-        return scores
+                progress(sum(len(g.probes) for g in chunk))
+        return [Score(q, row) for (_, q), row in zip(pairs, results)]
 
     @torch.no_grad()
     def activations(self, dialogs, *, read=None, layer: int | None = None) -> list[torch.Tensor]:
@@ -262,26 +266,6 @@ class Reader:
             lambda i: len(items[i].input_ids))
         order = sorted(range(len(items)), key=length, reverse=True)
         return [order[i:i + size] for i in range(0, len(order), size)]
-
-
-def pad_probes(probes, pad_id: int, side: str):
-    """Stack probes: ids, attention mask, placeholder mask, labels, padded on ``side``."""
-    width = max(len(p.input_ids) for p in probes)
-
-    def stack(rows, value, dtype):
-        out = torch.full((len(rows), width), value, dtype=dtype)
-        for i, row in enumerate(rows):
-            if side == "left":
-                out[i, width - len(row):] = row
-            else:
-                out[i, :len(row)] = row
-        return out
-
-    ids = stack([p.input_ids for p in probes], pad_id, torch.long)
-    attn = stack([torch.ones_like(p.input_ids) for p in probes], 0, torch.long)
-    ph = stack([p.placeholder_mask for p in probes], False, torch.bool)
-    labels = stack([p.labels for p in probes], -100, torch.long)
-    return ids, attn, ph, labels
 
 
 def _pad_plain(rows, pad_id: int):
