@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         _register(module, data_sub)
     for module in ("latentqa.reading.cli", "latentqa.train.cli", "latentqa.evaluation.cli"):
         _register(module, sub)
+    _register("latentqa.serve.cli", sub)
     return parser
 
 
