@@ -1,4 +1,8 @@
-"""``latentqa eval heldout``: held-out decoder loss with real, shuffled and no-adapter controls."""
+"""``latentqa eval``: held-out loss, persona recovery, relational knowledge, and the report.
+
+Every command runs a decoder beside its controls on the same examples; ``--json`` writes the
+full result, which ``latentqa eval report`` turns into Markdown tables and plots.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ def register(subparsers) -> None:
     h.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
     h.set_defaults(func=cmd_heldout)
     register_persona(sub)
+    register_relations(sub)
+    register_report(sub)
 
 
 def cmd_heldout(args) -> int:
@@ -60,7 +66,8 @@ def cmd_heldout(args) -> int:
                             layer=spec.read_layer, write_layer=spec.write_layer,
                             mode=spec.injection, batch_size=args.batch_size,
                             conditions=CONDITIONS)
-    result = {"decoder": reader.decoder_path, "pairs": len(idx), "split": args.split,
+    result = {"kind": "heldout", "decoder": reader.decoder_path, "pairs": len(idx),
+              "split": args.split,
               "labels": len({data.records[data.pairs[i].record].label for i in idx}),
               "loss": {c: float(totals[k, 0] / max(totals[k, 1], 1))
                        for k, c in enumerate(CONDITIONS)},
@@ -116,6 +123,27 @@ def _held_out(data, spec, args):
     return split_by_label(data, held_out=held_out, seed=seed)[1]
 
 
+PERSONA_FILES = ("system.json", "control.json", "stimulus.json", "stimulus_completion.json",
+                 "qa.json")
+
+
+def persona_files(paths) -> list[Path]:
+    """Files as given; a folder stands for the LatentQA files it holds by their usual names (so
+    ``unlabeled_system.json`` and other extras beside them are not read)."""
+    from ..cli import UserError
+
+    out = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = [p / name for name in PERSONA_FILES if (p / name).is_file()]
+        if not found:
+            raise UserError(f"{p} holds none of {', '.join(PERSONA_FILES)}")
+        out += found
+    return out
+
+
 def cmd_persona(args) -> int:
     import random
 
@@ -135,7 +163,7 @@ def cmd_persona(args) -> int:
     if args.choices < 2:
         raise UserError("--choices must be at least 2")
     reader = load(args.decoder, batch_size=args.batch_size)
-    data = load_data(args.data, system_recovery=False)
+    data = load_data(persona_files(args.data), system_recovery=False)
     if args.split == "held-out":
         data = _held_out(data, reader.spec, args)
     items = build_items(data, choices=args.choices, seed=args.seed)
@@ -151,7 +179,7 @@ def cmd_persona(args) -> int:
             data, items, conditions=conditions, seed=args.seed)
     if not args.no_null:
         result["null_hallucination"] = null_hallucination(reader)
-    result.update({"decoder": reader.decoder_path, "split": args.split,
+    result.update({"kind": "persona", "decoder": reader.decoder_path, "split": args.split,
                    "choices": args.choices, "seed": args.seed})
     print_persona(result)
     if args.json:
@@ -175,3 +203,159 @@ def print_persona(result: dict) -> None:
     if null:
         print(f"null-hallucination rate: {null['rate']:.2f} ({null['invented']} of {null['n']} "
               "answers about plain dialogs name a specific persona or goal)")
+
+
+# ---- eval relations ---------------------------------------------------------------------
+
+def register_relations(sub) -> None:
+    from .relations import READS
+
+    p = sub.add_parser(
+        "relations", help="relational knowledge (six Patchscopes relations) with four baselines",
+        description="Read each subject's activations in its source context and ask the decoder "
+                    "for the attribute (correct: the gold object in its first 20 tokens, "
+                    "ignoring case). Beside it: the untrained decoder, the text-only baseline, "
+                    "shuffled activations, and a linear probe on held-out subjects.")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="Patchscopes TSV files, or folders of them "
+                        "(e.g. ../shared/data/patchscopes_factual)")
+    p.add_argument("--decoder", help="decoder directory (default: the shipped decoder)")
+    p.add_argument("--layers", nargs="+",
+                   help="read layers: numbers, lists (10,14) or ranges (1-15) "
+                        "(default: the decoder's read layer)")
+    p.add_argument("--relations", help="comma-separated subset of the relations (file stems)")
+    p.add_argument("--read", choices=READS, default="last",
+                   help="last: the subject's last token, as Patchscopes (default); subject: "
+                        "every token of the subject")
+    p.add_argument("--limit", type=int, default=0,
+                   help="at most this many facts per relation, drawn with the seed (0: all; "
+                        "about 4,100 facts in all, slow on a CPU)")
+    p.add_argument("--test-fraction", type=float, default=0.3,
+                   help="share of each object's subjects held out to test the probe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", metavar="OUT", help="write the full result (every answer) as JSON")
+    p.set_defaults(func=cmd_relations)
+
+
+def parse_layers(values) -> list[int]:
+    """``["1-3", "7,9"]`` -> ``[1, 2, 3, 7, 9]`` (sorted, without repeats)."""
+    from ..cli import UserError
+
+    out = set()
+    for value in values:
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part[1:]:
+                    a, b = part.split("-", 1)
+                    lo, hi = int(a), int(b)
+                    if lo > hi:
+                        raise ValueError
+                    out.update(range(lo, hi + 1))
+                else:
+                    out.add(int(part))
+            except ValueError:
+                raise UserError(f"--layers: cannot read {part!r}; give numbers, lists (10,14) "
+                                "or ranges (1-15)") from None
+    if not out:
+        raise UserError("--layers: no layers given")
+    return sorted(out)
+
+
+def cmd_relations(args) -> int:
+    from tqdm import tqdm
+
+    from ..cli import UserError
+    from ..reading import load
+    from .relations import RelationsEval, limit_facts, load_relations
+
+    if not 0 < args.test_fraction < 1:
+        raise UserError("--test-fraction must be between 0 and 1")
+    if args.limit < 0:
+        raise UserError("--limit must be 0 (all) or more")
+    only = [r.strip() for r in args.relations.split(",") if r.strip()] if args.relations \
+        else None
+    relations = load_relations(args.data, only=only)
+    for rel in relations:
+        rel.facts = limit_facts(rel.facts, args.limit, args.seed)
+    reader = load(args.decoder, batch_size=args.batch_size)
+    layers = parse_layers(args.layers) if args.layers else [reader.spec.read_layer]
+    for layer in layers:
+        reader.info.check_layer(layer, "read layer")
+    ev = RelationsEval(reader, read=args.read, batch_size=args.batch_size, seed=args.seed,
+                       test_fraction=args.test_fraction)
+    with tqdm(total=ev.rows(relations, layers), desc="generating", unit="answer") as bar:
+        ev.progress = bar.update
+        result = ev.run(relations, layers)
+    result.update({"decoder": reader.decoder_path, "limit": args.limit})
+    print_relations(result)
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def _acc(s: dict | None) -> str:
+    if not s or not s["n"]:
+        return f"{'-':<22}"
+    return f"{s['accuracy']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]".ljust(22)
+
+
+def print_relations(result: dict) -> None:
+    from .relations import CONDITIONS
+
+    print(f"read: the subject's {'last token' if result['read'] == 'last' else 'tokens'}; "
+          f"correct: the object in the first {result['scored_tokens']} generated tokens; "
+          f"probe and 'test' columns on held-out subjects ({result['test_fraction']:.0%})")
+    for name, rel in result["relations"].items():
+        skipped = ", ".join(f"{v} {k}" for k, v in rel["skipped"].items()) or "none"
+        test = (f"test {rel['n_test']} facts of {rel['test_subjects']} subjects "
+                f"(majority-object rate {rel['chance']:.3f})" if rel["n_test"] else
+                "no test subjects (every object has a single subject): no probe")
+        print(f"\n{name}: {rel['n']} facts, {rel['subjects']} subjects, {rel['objects']} "
+              f"objects; {test}; rows skipped: {skipped}")
+        print(f"  Q: {rel['question']}")
+        for layer, res in rel["layers"].items():
+            print(f"  layer {layer:<15} {'all subjects':<22} {'test subjects':<22} "
+                  "McNemar p vs decoder (test)")
+            for c in CONDITIONS:
+                p = res["test"]["mcnemar_p_vs_decoder"].get(c)
+                print(f"    {c:<19} {_acc(res['all']['conditions'].get(c))} "
+                      f"{_acc(res['test']['conditions'].get(c))} "
+                      f"{'' if p is None else f'{p:.2g}'}")
+    for subset in ("test", "all"):
+        print(f"\nmean over relations ({subset} subjects):")
+        for layer, res in result["mean"].items():
+            if layer == "over_layers" and len(result["layers"]) < 2:
+                continue
+            name = "mean of layers" if layer == "over_layers" else f"layer {layer}"
+            accs = "  ".join(f"{c} {res[subset][c]:.3f}" for c in CONDITIONS
+                             if c in res[subset])
+            print(f"  {name:<15} {accs}")
+    print(f"({result['seconds']:.0f} s)")
+
+
+# ---- eval report ------------------------------------------------------------------------
+
+def register_report(sub) -> None:
+    p = sub.add_parser(
+        "report", help="a Markdown report with tables and plots from eval --json results",
+        description="Read JSON results of eval persona, eval relations and eval heldout and "
+                    "write DIR/report.md with tables and PNG plots beside it.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="JSON files written by eval ... --json")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and plots")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from ..cli import UserError
+    from .report import ReportError, write_report
+
+    try:
+        path = write_report(args.runs, args.out)
+    except ReportError as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {path}")
+    return 0
