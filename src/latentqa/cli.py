@@ -27,8 +27,10 @@ def _user_errors():
               FileNotFoundError]
     from .data.errors import DataError
     from .reading.errors import ReadingError
+    from .steering.control import ControlError
+    from .steering.prompts import PromptsError
 
-    return tuple(errors + [DataError, ReadingError])
+    return tuple(errors + [DataError, ReadingError, ControlError, PromptsError])
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -97,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
     for module in ("latentqa.data.cli", "latentqa.datagen.cli"):
         _register(module, data_sub)
-    for module in ("latentqa.reading.cli", "latentqa.train.cli", "latentqa.evaluation.cli"):
+    for module in ("latentqa.reading.cli", "latentqa.train.cli", "latentqa.evaluation.cli",
+                   "latentqa.steering.cli", "latentqa.serve.cli"):
         _register(module, sub)
-    _register("latentqa.serve.cli", sub)
     return parser
 
 

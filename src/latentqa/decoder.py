@@ -59,8 +59,14 @@ def as_target(model: torch.nn.Module):
     if disable is None:
         yield model
         return
-    with disable():
-        yield model
+    # peft re-enables adapters through set_adapter, which makes them trainable; keep the flags
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with disable():
+            yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 SIDECAR = "latentqa_decoder.json"

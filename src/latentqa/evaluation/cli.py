@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     h.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
     h.set_defaults(func=cmd_heldout)
     register_persona(sub)
+    from ..steering.cli import register_crows  # steering's measurement, under `eval`
+
+    register_crows(sub)
     register_relations(sub)
     register_report(sub)
 

@@ -58,6 +58,7 @@ def load(decoder=None, target: str | None = None, *, preset: str | None = None,
     if not resolved.has_sidecar:
         spec.target, spec.model_type = target, info.model_type
         spec.num_blocks, spec.hidden_size = info.num_blocks, info.hidden_size
+    model.requires_grad_(False)  # reading never trains; steering turns on only its own adapter
     return Reader(model.eval(), loaded.tokenizer, spec, decoder_path=str(resolved.path),
                   batch_size=batch_size)
 

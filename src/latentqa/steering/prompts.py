@@ -1,0 +1,53 @@
+"""Prompt files for steering and generation: one prompt per line (``.txt``) or JSONL lines
+with a ``prompt`` field, or a JSON list of strings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class PromptsError(ValueError):
+    pass
+
+
+def read_prompts(path) -> list[str]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PromptsError(f"{path}: no such prompts file") from None
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PromptsError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+            raise PromptsError(f"{path}: expected a JSON list of prompt strings")
+        prompts = raw
+    elif path.suffix == ".jsonl":
+        prompts = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptsError(f"{path}:{n}: not valid JSON ({e})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise PromptsError(f"{path}:{n}: expected an object with a 'prompt' string")
+            prompts.append(row["prompt"])
+    else:
+        prompts = [line.strip() for line in text.splitlines()]
+    prompts = [p.strip() for p in prompts if p.strip()]
+    if not prompts:
+        raise PromptsError(f"{path}: holds no prompts")
+    return prompts
+
+
+def builtin_prompts(name: str) -> list[str]:
+    """A prompt set shipped with latentqa (``neutral``: everyday requests)."""
+    path = Path(__file__).parent / "prompts" / f"{name}.txt"
+    if not path.exists():
+        raise PromptsError(f"no built-in prompt set {name!r}")
+    return read_prompts(path)

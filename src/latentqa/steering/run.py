@@ -1,0 +1,183 @@
+"""Steering: train a LoRA on the target so that the frozen decoder, reading the target's
+activations, gives the control's answers (the paper's control, section 5).
+
+    target (+ steering LoRA on blocks 0..read layer) --activations--> decoder (frozen)
+        --> loss of the control answer --> gradients into the steering LoRA only
+
+Each step takes a batch of steering prompts, alone or followed by the unsteered target's own
+reply (made once, before training), and a control QA pair per example. With ``per_layer`` the
+output of every block up to the read layer is decoded, and each block's input is detached, so
+block l learns only from its own output's loss (the paper's per-layer variant).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..activations import capture, gather
+from ..arch import find_blocks
+from ..chat import render_dialog
+from .adapter import STEER_ADAPTER, SteerSpec, active, add_steering_adapter, save_steering
+from .control import Control
+from .generate import generate_replies
+from .loss import answer_logprob
+
+
+@dataclass
+class SteerConfig:
+    steps: int = 50
+    lr: float = 5e-4
+    batch_size: int = 2
+    lora_r: int = 16
+    lora_alpha: int = 32
+    per_layer: bool = False
+    with_replies: bool = True  # also read the prompt followed by the target's own reply
+    reply_tokens: int = 32
+    eval_share: float = 0.25  # held-back prompts when no eval prompts are given
+    eval_tokens: int = 48
+    seed: int = 0
+    log_every: int = 5
+
+
+@dataclass
+class SteerResult:
+    adapter_dir: str
+    losses: list[float]
+    seconds: float
+    eval_prompts: list[str]
+    before: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+
+
+def split_prompts(prompts: list[str], eval_prompts: list[str] | None, share: float,
+                  seed: int) -> tuple[list[str], list[str]]:
+    """(steering prompts, evaluation prompts): a seeded held-back share unless given."""
+    if eval_prompts:
+        return list(prompts), list(eval_prompts)
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(share * len(prompts))) if len(prompts) > 1 else 0
+    held = set(order[:n_eval])
+    return ([p for i, p in enumerate(prompts) if i not in held],
+            [p for i, p in enumerate(prompts) if i in held])
+
+
+def _dialogs(prompts, replies):
+    out = [[{"role": "user", "content": p}] for p in prompts]
+    if replies is not None:
+        out += [[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+                for p, r in zip(prompts, replies) if r]
+    return out
+
+
+def _render(tokenizer, dialog, device):
+    """Ids and read mask: every token of the user turn and the reply (not the template's
+    default system prompt), through the generation prompt when the dialog ends with the user."""
+    rendered = render_dialog(tokenizer, dialog, add_generation_prompt=dialog[-1]["role"] == "user")
+    read = [i for i, m in enumerate(dialog) if m["role"] != "system"]
+    mask = rendered.mask(read, whole_turns=True)
+    return torch.tensor(rendered.input_ids, device=device), torch.as_tensor(mask, device=device)
+
+
+def _batch(tokenizer, dialogs, pad_id, device):
+    rows = [_render(tokenizer, d, device) for d in dialogs]
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    attn = torch.zeros_like(ids)
+    read = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (row, mask) in enumerate(rows):
+        ids[i, :len(row)], attn[i, :len(row)], read[i, :len(row)] = row, 1, mask
+    return ids, attn, read
+
+
+def _detach_inputs(blocks):
+    """Hooks that cut the gradient between consecutive blocks (per-layer steering)."""
+    def pre(_module, args, kwargs):
+        if args:
+            return (args[0].detach(),) + tuple(args[1:]), kwargs
+        key = "hidden_states"
+        if key in kwargs:
+            kwargs = dict(kwargs, **{key: kwargs[key].detach()})
+        return args, kwargs
+    return [b.register_forward_pre_hook(pre, with_kwargs=True) for b in blocks]
+
+
+def steer(reader, control: Control, prompts: list[str], out_dir, *,
+          eval_prompts: list[str] | None = None, config: SteerConfig | None = None,
+          log=print, generate_eval: bool = True) -> SteerResult:
+    """Train a steering adapter on ``reader``'s target and save it to ``out_dir``.
+
+    The reader's model gains the adapter for the duration and loses it afterwards, so the
+    reader reads and answers exactly as before.
+    """
+    cfg = config or SteerConfig()
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise ValueError("steps and batch_size must be at least 1")
+    model, tok, spec = reader.model, reader.tokenizer, reader.spec
+    device = next(model.parameters()).device
+    read_layer = spec.read_layer
+    train_prompts, eval_prompts = split_prompts(prompts, eval_prompts, cfg.eval_share, cfg.seed)
+    if not train_prompts:
+        raise ValueError("no steering prompts left after holding back the evaluation prompts")
+
+    before = generate_replies(model, tok, eval_prompts, max_new_tokens=cfg.eval_tokens) \
+        if generate_eval and eval_prompts else []
+    replies = generate_replies(model, tok, train_prompts, max_new_tokens=cfg.reply_tokens) \
+        if cfg.with_replies else None
+    dialogs = _dialogs(train_prompts, replies)
+
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    params = add_steering_adapter(model, range(read_layer + 1), r=cfg.lora_r,
+                                  alpha=cfg.lora_alpha)
+    layers = list(range(read_layer + 1)) if cfg.per_layer else [read_layer]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    losses, start = [], time.perf_counter()
+    try:
+        for step in range(1, cfg.steps + 1):
+            chosen = [dialogs[rng.randrange(len(dialogs))] for _ in range(cfg.batch_size)]
+            qa = [control.qa[rng.randrange(len(control.qa))] for _ in chosen]
+            ids, attn, read = _batch(tok, chosen, reader.pad_id, device)
+            with active(model, STEER_ADAPTER):
+                hooks = _detach_inputs(find_blocks(model)[1]) if cfg.per_layer else []
+                try:
+                    hidden = capture(model, ids, attn, layers=layers)
+                finally:
+                    for h in hooks:
+                        h.remove()
+            loss = 0.0
+            with active(model, "default"):
+                for layer in layers:
+                    vectors = gather(hidden[layer], read)
+                    logp = answer_logprob(reader, vectors, [q for q, _ in qa],
+                                          [a for _, a in qa])
+                    loss = loss + (-logp.mean())
+            loss = loss / len(layers)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                log(f"step {step}/{cfg.steps}  control loss {losses[-1]:.4f}  "
+                    f"({time.perf_counter() - start:.0f} s)")
+        seconds = time.perf_counter() - start
+        after = generate_replies(model, tok, eval_prompts, adapter=STEER_ADAPTER,
+                                 max_new_tokens=cfg.eval_tokens) \
+            if generate_eval and eval_prompts else []
+        steer_spec = SteerSpec(
+            target=str(spec.target), decoder=str(reader.decoder_path), read_layer=read_layer,
+            blocks=list(range(read_layer + 1)), control=control.instruction or control.source,
+            qa=[list(p) for p in control.qa], steps=cfg.steps, per_layer=cfg.per_layer,
+            extra={"config": asdict(cfg), "final_loss": losses[-1], "seconds": seconds})
+        save_steering(model, out_dir, steer_spec)
+    finally:
+        model.base_model.set_adapter("default")
+        model.delete_adapter(STEER_ADAPTER)
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return SteerResult(str(Path(out_dir)), losses, seconds, eval_prompts, before, after)
