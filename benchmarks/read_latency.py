@@ -47,6 +47,20 @@ def timed(fn, repeats: int = 1) -> float:
     return statistics.median(times)
 
 
+def bandwidth_floor(model, tokens: int) -> dict:
+    """What memory bandwidth alone allows: each decoding step reads every weight once, so
+    ``tokens`` steps cannot take less than tokens x weight bytes / bandwidth. The bandwidth is
+    measured here with a matrix-vector product the size of the lm_head."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    w = torch.randn(49152, 576)
+    x = torch.randn(1, 576)
+    w @ x.T
+    seconds = timed(lambda: [w @ x.T for _ in range(20)], 3) / 20
+    bandwidth = w.numel() * w.element_size() / seconds
+    return {"weight_bytes": weight_bytes, "matvec_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+            "decode_floor_s": round(tokens * weight_bytes / bandwidth, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--decoder", help="decoder directory (default: the shipped one)")
@@ -80,6 +94,7 @@ def main() -> None:
     print(f"{len(pairs)} pairs batched: {batched:.2f} s", file=sys.stderr)
     one_by_one = timed(lambda: [lqa.answer_pairs([dialogs[d]], [(0, q)], max_new_tokens=n)
                                 for d, q in pairs])
+    floor = bandwidth_floor(lqa.model, n)
     print(json.dumps({
         "single_answer_s": round(single, 3),
         "batch_speedup": round(one_by_one / batched, 2),
@@ -91,6 +106,7 @@ def main() -> None:
         "dialog_tokens": dialog_tokens,
         "read_tokens": read_tokens,
         "torch_threads": torch.get_num_threads(),
+        **floor,
         "decoder": lqa.decoder_path,
     }, indent=2))
 

@@ -193,3 +193,17 @@ def test_steer_generate_and_crows_commands(tiny_decoder, tiny_target, tmp_path, 
     assert main(["steer", "--control", str(tmp_path / "missing.json"), "--out",
                  str(tmp_path / "x")]) == 2
     assert "missing.json: no such control file" in capsys.readouterr().err
+
+
+def test_serve_steer_runs_a_request_config(reader, tmp_path):
+    from latentqa.steering import serve_steer
+
+    out = serve_steer(reader, {"control": QA, "prompts": PROMPTS, "steps": 2, "lr": 1e-2,
+                               "lora_r": 2, "lora_alpha": 4, "reply_tokens": 2,
+                               "eval_tokens": 2}, tmp_path)
+    assert Path(out["adapter_dir"], "adapter_model.safetensors").exists()
+    assert len(out["losses"]) == 2 and out["generations"]
+    with pytest.raises(ValueError, match="unknown key"):
+        serve_steer(reader, {"control": QA, "prompts": PROMPTS, "stepz": 2}, tmp_path)
+    with pytest.raises(ValueError, match="config.control"):
+        serve_steer(reader, {"prompts": PROMPTS}, tmp_path)
