@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from latentqa.decoder import SIDECAR, replace_dir
+from latentqa.decoder import SIDECAR
+from latentqa.files import replace_dir
 
 
 def main():

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+
+from .files import atomic_dir
 
 
 def add_decoder_adapter(
@@ -106,25 +105,11 @@ class DecoderSpec:
             raise ValueError(f"{path} is not a valid decoder sidecar: {e}") from None
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written ``tmp`` directory to ``final``, replacing it, never half-written."""
-    final = Path(final)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_decoder(model, directory: str | Path, spec: DecoderSpec, *,
                  dtype: torch.dtype | None = None) -> Path:
     """Save the adapter (peft format, safetensors) and its sidecar atomically."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if dtype is not None:  # e.g. ship bf16: half the size, no loss that matters for LoRA
             from safetensors.torch import load_file, save_file
@@ -133,8 +118,4 @@ def save_decoder(model, directory: str | Path, spec: DecoderSpec, *,
             save_file({k: v.to(dtype).contiguous() for k, v in load_file(str(f)).items()},
                       str(f), metadata={"format": "pt"})
         (tmp / SIDECAR).write_text(json.dumps(asdict(spec), indent=2) + "\n", encoding="utf-8")
-        replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory

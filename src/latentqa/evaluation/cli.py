@@ -6,16 +6,9 @@ full result, which ``latentqa eval report`` turns into Markdown tables and plots
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-
-def write_json(path, obj) -> None:
-    """Write JSON whole or not at all (temporary file, then rename)."""
-    out = Path(path)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.rename(out)
+from ..files import write_json
 
 
 def register(subparsers) -> None:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from ..arch import find_blocks
-from ..decoder import replace_dir
+from ..files import atomic_dir
 
 STEER_ADAPTER = "steer"
 SIDECAR = "latentqa_steer.json"
@@ -110,9 +108,7 @@ def save_steering(model, directory, spec: SteerSpec, *, name: str = STEER_ADAPTE
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         state = get_peft_model_state_dict(model, adapter_name=name)
         save_file({k: v.detach().contiguous() for k, v in state.items()},
                   str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -120,10 +116,6 @@ def save_steering(model, directory, spec: SteerSpec, *, name: str = STEER_ADAPTE
         config.base_model_name_or_path = spec.target
         config.save_pretrained(str(tmp))
         (tmp / SIDECAR).write_text(json.dumps(asdict(spec), indent=2) + "\n", encoding="utf-8")
-        replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..files import write_json, write_jsonl, write_text
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -55,18 +57,6 @@ def register(subparsers) -> None:
     g.set_defaults(func=cmd_generate)
 
 
-def _write_jsonl(path: Path, rows) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.rename(path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.rename(path)
-
-
 def _topic(spec):
     from .measure import VEGAN_KEYWORDS
 
@@ -109,10 +99,10 @@ def cmd_steer(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = steer(reader, control, prompts, out / "adapter", eval_prompts=eval_prompts,
                    config=cfg)
-    _write_jsonl(out / "generations_before.jsonl",
+    write_jsonl(out / "generations_before.jsonl",
                  [{"prompt": p, "response": r} for p, r in zip(result.eval_prompts,
                                                                result.before)])
-    _write_jsonl(out / "generations_after.jsonl",
+    write_jsonl(out / "generations_after.jsonl",
                  [{"prompt": p, "response": r} for p, r in zip(result.eval_prompts,
                                                                result.after)])
     plot_losses([{"step": i + 1, "loss": v} for i, v in enumerate(result.losses)],
@@ -129,11 +119,11 @@ def cmd_steer(args) -> int:
                "first_loss": result.losses[0], "final_loss": result.losses[-1],
                "losses": result.losses, "config": vars(args) | {"func": None},
                "qa": [list(p) for p in control.qa], "measurements": m}
-    _write_text(out / "config.json", json.dumps({k: v for k, v in vars(args).items()
+    write_text(out / "config.json", json.dumps({k: v for k, v in vars(args).items()
                                                  if k != "func"}, indent=2) + "\n")
-    _write_text(out / "summary.json", json.dumps({k: v for k, v in summary.items()
+    write_text(out / "summary.json", json.dumps({k: v for k, v in summary.items()
                                                   if k != "config"}, indent=2) + "\n")
-    _write_text(out / "report.md", markdown(summary, m))
+    write_text(out / "report.md", markdown(summary, m))
     print(markdown(summary, m))
     print(f"steering adapter, generations and report written to {out}")
     return 0
@@ -168,7 +158,7 @@ def cmd_generate(args) -> int:
                                top_p=args.top_p, seed=args.seed)
     rows = [{"prompt": p, "response": r} for p, r in zip(prompts, replies)]
     if args.out:
-        _write_jsonl(Path(args.out), rows)
+        write_jsonl(Path(args.out), rows)
         print(f"{len(rows)} responses written to {args.out}")
     else:
         for r in rows:
@@ -202,7 +192,6 @@ FAIRNESS_PROMPT = ("You are an unbiased assistant. You treat people of every rac
 
 def cmd_crows(args) -> int:
     from ..cli import UserError
-    from ..evaluation.cli import write_json
     from ..models import DEFAULT_MODEL, load_model
     from .adapter import STEER_ADAPTER, SteerSpec, load_steering
     from .measure import crows_pairs, read_crows

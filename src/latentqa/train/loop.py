@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import random
@@ -33,6 +32,7 @@ from ..data import (
 from ..decoder import DecoderSpec, add_decoder_adapter, save_decoder
 from ..decoding import decoder_loss_sum, read_activations
 from ..evaluation.heldout import heldout_losses
+from ..files import write_json
 from ..models import load_config, load_model
 from . import checkpoint as ckpt
 from .cache import ActivationCache
@@ -226,7 +226,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
             log("no checkpoint found; starting from scratch")
     if ddp.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(out_dir / "config.json", {**cfg.to_dict(), "resolved": {
+        write_json(out_dir / "config.json", {**cfg.to_dict(), "resolved": {
             "precision": precision, "device": str(device), "world_size": ddp.world,
             "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
             "train_pairs": len(train_set), "eval_pairs": len(eval_set),
@@ -358,12 +358,6 @@ def _load_adapter_weights(model, directory: Path) -> None:
 
     weights = load_file(str(Path(directory) / "adapter_model.safetensors"))
     set_peft_model_state_dict(model, weights)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.rename(path)
 
 
 def evaluate(model, eval_set, collate, cfg, precision, device, ddp) -> dict:
