@@ -47,8 +47,8 @@ def main():
     if src.parent.name == "checkpoints" and run_config.exists():
         cfg = json.loads(run_config.read_text())
         spec.setdefault("extra", {}).update(
-            {k: cfg[k] for k in ("held_out", "split_seed", "system_recovery", "data",
-                                 "max_steps", "lr", "batch_size", "seed")},
+            {k: cfg.get(k) for k in ("held_out", "split_seed", "system_recovery", "plain_share",
+                                     "data", "max_steps", "lr", "batch_size", "seed")},
             trained_steps=int(src.name.split("-")[-1]))
     spec.setdefault("extra", {}).update(
         {"command": args.command, "git_revision": revision, "source": str(src),
