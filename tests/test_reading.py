@@ -139,8 +139,8 @@ def _top1(scores, cases):
     return sum(s.best == c.description for s, c in zip(scores, cases))
 
 
-@pytest.mark.xfail(strict=False, reason="the shipped v0.1 decoder (210 CPU steps) ranks the true "
-                   "description first for only 2 of 6 cases; the target of issue 5 is a majority")
+@pytest.mark.xfail(strict=False, reason="the shipped decoder reads hidden system prompts weakly "
+                   "(0.54 vs 0.47 shuffled in eval persona); the target of issue 5 is a majority")
 def test_shipped_decoder_reads_hidden_system_prompts(shipped):
     """The true description wins for most hidden prompts, and markedly less often when the
     decoder is given another dialog's activations."""

@@ -123,12 +123,21 @@ def test_steering_lowers_the_control_loss_and_leaves_the_decoder_alone(reader, t
 
 
 def test_saved_adapter_steers_the_target_when_loaded(reader, tmp_path, control_file):
+    from latentqa.steering import generate_replies
+
     cfg = SteerConfig(steps=6, lr=5e-2, batch_size=2, lora_r=4, lora_alpha=8, reply_tokens=4,
                       eval_tokens=6)
-    steer(reader, read_control_file(control_file), PROMPTS, tmp_path / "adapter", config=cfg,
-          log=lambda *_: None, generate_eval=False)
+    frozen = {n: p.detach().clone() for n, p in reader.model.named_parameters()}
+    result = steer(reader, read_control_file(control_file), PROMPTS, tmp_path / "adapter",
+                   config=cfg, log=lambda *_: None)
+    # only the steering LoRA trained: base weights and the decoder's adapter are bit-identical
+    for n, p in reader.model.named_parameters():
+        assert torch.equal(p, frozen[n]), n
     model = load_steering(reader.model, tmp_path / "adapter")
     try:
+        again = generate_replies(model, reader.tokenizer, result.eval_prompts,
+                                 adapter=STEER_ADAPTER, max_new_tokens=cfg.eval_tokens)
+        assert again == result.after  # the saved adapter reproduces the after-generations
         ids = torch.tensor([[1, 5, 9, 30, 41]])
         with active(model, STEER_ADAPTER):
             steered = model(input_ids=ids).logits
