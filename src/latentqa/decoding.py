@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .activations import capture, gather, inject, position_ids_from_mask
-from .data.probe import pad_probes
+from .data.probe import Probe, pad_probes
 from .decoder import as_target
 
 IGNORE_INDEX = -100
@@ -107,7 +107,7 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
     run again. Scoring 5 candidates this way costs about a third of scoring them one by one.
     """
     body, head, config = _body_and_head(model)
-    out: list[list[torch.Tensor]] = [[] for _ in groups]
+    out: list[list[torch.Tensor]] = [[None] * len(g.probes) for g in groups]
     shared = [_shared_length(g) for g in groups]
     window = getattr(config, "sliding_window", None)
     if window:  # a sliding-window cache drops what the candidates still attend to
@@ -146,17 +146,15 @@ def _score_chunk(body, head, config, model, groups, shared, chunk, out, pad_id, 
                  mode):
     """One prefix pass over ``chunk``'s groups (left-padded), then one pass over all their
     candidates' suffixes (right-padded) on copies of the prefix cache."""
-    width = max(shared[g] for g in chunk)
-    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(chunk), width), dtype=torch.long)
-    ph = torch.zeros((len(chunk), width), dtype=torch.bool)
-    vectors = []
+    # the prefixes, left-padded so every candidate continues right after its own prefix
+    prefixes = [Probe(*(t[:shared[g]] for t in (groups[g].probes[0].input_ids,
+                                                groups[g].probes[0].placeholder_mask,
+                                                groups[g].probes[0].labels))) for g in chunk]
+    ids, attn, ph, _ = pad_probes(prefixes, pad_id, "left")
+    vectors = [groups[g].vectors for g in chunk if groups[g].vectors is not None]
     for i, g in enumerate(chunk):
-        n, first = shared[g], groups[g].probes[0]
-        ids[i, width - n:], attn[i, width - n:] = first.input_ids[:n], 1
-        if groups[g].vectors is not None:
-            ph[i, width - n:] = first.placeholder_mask[:n]
-            vectors.append(groups[g].vectors)
+        if groups[g].vectors is None:
+            ph[i] = False
     ctx = (inject(model, write_layer, ph, vectors, mode) if vectors
            else contextlib.nullcontext())
     with ctx:
@@ -165,15 +163,11 @@ def _score_chunk(body, head, config, model, groups, shared, chunk, out, pad_id, 
     past = first.cache if getattr(first, "cache", None) is not None else first.past_key_values
     rows = [(i, g, k) for i, g in enumerate(chunk) for k in range(len(groups[g].probes))]
     past.reorder_cache(torch.tensor([i for i, _, _ in rows]))
-    tails = [groups[g].probes[k] for _, g, k in rows]
-    cut = [shared[g] for _, g, _ in rows]
-    length = max(len(p.input_ids) - c for p, c in zip(tails, cut))
-    s_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    s_attn = torch.zeros((len(rows), length), dtype=torch.long)
-    s_labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-    for r, (p, c) in enumerate(zip(tails, cut)):
-        m = len(p.input_ids) - c
-        s_ids[r, :m], s_attn[r, :m], s_labels[r, :m] = p.input_ids[c:], 1, p.labels[c:]
+    tails = [Probe(*(t[shared[g]:] for t in (groups[g].probes[k].input_ids,
+                                             groups[g].probes[k].placeholder_mask,
+                                             groups[g].probes[k].labels))) for _, g, k in rows]
+    s_ids, s_attn, _, s_labels = pad_probes(tails, pad_id, "right")
+    length = s_ids.shape[1]
     prefix_attn = attn[[i for i, _, _ in rows]]
     full_attn = torch.cat([prefix_attn, s_attn], dim=1)
     positions = prefix_attn.sum(1, keepdim=True) + torch.arange(length)
@@ -184,8 +178,6 @@ def _score_chunk(body, head, config, model, groups, shared, chunk, out, pad_id, 
     logp = _target_logprobs(head, config, hidden[:, :-1][keep], targets[keep])
     which = keep.nonzero()[:, 0]
     for r, (_i, g, k) in enumerate(rows):
-        while len(out[g]) <= k:
-            out[g].append(None)
         out[g][k] = logp[which == r]
 
 
