@@ -216,3 +216,31 @@ def test_serve_steer_runs_a_request_config(reader, tmp_path):
         serve_steer(reader, {"control": QA, "prompts": PROMPTS, "stepz": 2}, tmp_path)
     with pytest.raises(ValueError, match="config.control"):
         serve_steer(reader, {"prompts": PROMPTS}, tmp_path)
+
+
+def test_fluency_term_keeps_the_steered_target_closer_to_the_original(reader, tmp_path,
+                                                                      control_file):
+    """The KL anchor is zero at the start (a fresh LoRA changes nothing) and, at the same
+    learning rate, the anchored run drifts less from the unsteered target than the plain one."""
+    control = read_control_file(control_file)
+    drift = {}
+    for weight in (0.0, 20.0):
+        cfg = SteerConfig(steps=10, lr=3e-2, batch_size=2, lora_r=4, lora_alpha=8,
+                          reply_tokens=4, eval_tokens=4, log_every=100, fluency_weight=weight)
+        result = steer(reader, control, PROMPTS, tmp_path / f"w{weight}", config=cfg,
+                       log=lambda *_: None, generate_eval=False)
+        assert len(result.fluency_kl) == (10 if weight else 0)
+        if weight:
+            assert result.fluency_kl[0] == pytest.approx(0.0, abs=1e-6)
+        model = load_steering(reader.model, tmp_path / f"w{weight}", name=STEER_ADAPTER)
+        try:
+            from latentqa.steering.run import _batch, fluency_kl
+
+            dialogs = [[{"role": "user", "content": p}] for p in PROMPTS]
+            ids, attn, read = _batch(reader.tokenizer, dialogs, reader.pad_id, "cpu")
+            with torch.no_grad():
+                drift[weight] = float(fluency_kl(model, ids, attn, read))
+        finally:
+            model.delete_adapter(STEER_ADAPTER)
+    assert drift[0.0] > 0
+    assert drift[20.0] < 0.5 * drift[0.0], drift

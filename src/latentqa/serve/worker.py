@@ -85,7 +85,7 @@ class Worker:
                 for job in list(self._jobs):
                     if len(batch) >= self.max_batch:
                         break
-                    if job.fn is first.fn and job.key == first.key:
+                    if job.fn == first.fn and job.key == first.key:  # bound methods: ==, not is
                         self._jobs.remove(job)
                         batch.append(job)
             return batch

@@ -31,6 +31,10 @@ def register(subparsers) -> None:
     p.add_argument("--per-layer", action="store_true",
                    help="decode every block's output up to the read layer, each block trained "
                         "on its own loss (the paper's per-layer variant)")
+    p.add_argument("--fluency-weight", type=float, default=0.0,
+                   help="weight of a KL(unsteered || steered) term on the steering dialogs' "
+                        "tokens that keeps the target's language model close to the original "
+                        "(0: control loss only)")
     p.add_argument("--no-replies", action="store_true",
                    help="read the prompts alone, not also followed by the target's own reply")
     p.add_argument("--topic", help="comma-separated keywords whose mention rate is measured "
@@ -77,8 +81,9 @@ def cmd_steer(args) -> int:
     from .report import markdown, measure
     from .run import SteerConfig, steer
 
-    if args.steps < 1 or args.batch_size < 1 or args.lr <= 0:
-        raise UserError("--steps and --batch-size must be at least 1 and --lr positive")
+    if args.steps < 1 or args.batch_size < 1 or args.lr <= 0 or args.fluency_weight < 0:
+        raise UserError("--steps and --batch-size must be at least 1, --lr positive and "
+                        "--fluency-weight not negative")
     try:
         prompts = read_prompts(args.prompts) if args.prompts else builtin_prompts("neutral")
         eval_prompts = read_prompts(args.eval_prompts) if args.eval_prompts else None
@@ -94,7 +99,8 @@ def cmd_steer(args) -> int:
         raise UserError(str(e)) from None
     cfg = SteerConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                       lora_r=args.lora_r, lora_alpha=2 * args.lora_r, per_layer=args.per_layer,
-                      with_replies=not args.no_replies, eval_tokens=args.eval_tokens,
+                      fluency_weight=args.fluency_weight, with_replies=not args.no_replies,
+                      eval_tokens=args.eval_tokens,
                       seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     result = steer(reader, control, prompts, out / "adapter", eval_prompts=eval_prompts,
@@ -117,7 +123,8 @@ def cmd_steer(args) -> int:
                "decoder": reader.decoder_path, "read_layer": reader.spec.read_layer,
                "steps": cfg.steps, "per_layer": cfg.per_layer, "seconds": result.seconds,
                "first_loss": result.losses[0], "final_loss": result.losses[-1],
-               "losses": result.losses, "config": vars(args) | {"func": None},
+               "losses": result.losses, "fluency_kl": result.fluency_kl,
+               "config": vars(args) | {"func": None},
                "qa": [list(p) for p in control.qa], "measurements": m}
     write_text(out / "config.json", json.dumps({k: v for k, v in vars(args).items()
                                                  if k != "func"}, indent=2) + "\n")

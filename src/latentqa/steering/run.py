@@ -8,6 +8,12 @@ Each step takes a batch of steering prompts, alone or followed by the unsteered 
 reply (made once, before training), and a control QA pair per example. With ``per_layer`` the
 output of every block up to the read layer is decoded, and each block's input is detached, so
 block l learns only from its own output's loss (the paper's per-layer variant).
+
+The control loss alone lets the target drift wherever the decoder's reading improves, and at
+learning rates strong enough to move behaviour that drift costs fluency. ``fluency_weight``
+adds KL(unsteered || steered) of the next-token distributions on the same dialogs' read
+tokens, the usual anchor of RL fine-tuning: the target may change what it says, but must keep
+predicting text the way it did.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 from ..activations import capture, gather
 from ..arch import find_blocks
 from ..chat import render_dialog
+from ..decoder import as_target
 from .adapter import STEER_ADAPTER, SteerSpec, active, add_steering_adapter, save_steering
 from .control import Control
 from .generate import generate_replies
@@ -36,6 +43,7 @@ class SteerConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     per_layer: bool = False
+    fluency_weight: float = 0.0  # weight of KL(unsteered || steered) on the read tokens
     with_replies: bool = True  # also read the prompt followed by the target's own reply
     reply_tokens: int = 32
     eval_share: float = 0.25  # held-back prompts when no eval prompts are given
@@ -52,6 +60,7 @@ class SteerResult:
     eval_prompts: list[str]
     before: list[str] = field(default_factory=list)
     after: list[str] = field(default_factory=list)
+    fluency_kl: list[float] = field(default_factory=list)  # per step, when fluency_weight > 0
 
 
 def split_prompts(prompts: list[str], eval_prompts: list[str] | None, share: float,
@@ -93,6 +102,18 @@ def _batch(tokenizer, dialogs, pad_id, device):
     for i, (row, mask) in enumerate(rows):
         ids[i, :len(row)], attn[i, :len(row)], read[i, :len(row)] = row, 1, mask
     return ids, attn, read
+
+
+def fluency_kl(model, ids, attn, positions) -> torch.Tensor:
+    """Mean KL(unsteered || steered) of the next-token distribution at ``positions``; only the
+    steered side carries gradients."""
+    with torch.no_grad(), as_target(model):
+        reference = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+    with active(model, STEER_ADAPTER):
+        steered = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+    return torch.nn.functional.kl_div(
+        steered[positions].float().log_softmax(-1), reference[positions].float().log_softmax(-1),
+        log_target=True, reduction="batchmean")
 
 
 def _detach_inputs(blocks):
@@ -137,7 +158,7 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
                                   alpha=cfg.lora_alpha)
     layers = list(range(read_layer + 1)) if cfg.per_layer else [read_layer]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
-    losses, start = [], time.perf_counter()
+    losses, kls, start = [], [], time.perf_counter()
     try:
         for step in range(1, cfg.steps + 1):
             chosen = [dialogs[rng.randrange(len(dialogs))] for _ in range(cfg.batch_size)]
@@ -158,12 +179,19 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
                                           [a for _, a in qa])
                     loss = loss + (-logp.mean())
             loss = loss / len(layers)
+            control_loss = float(loss.detach())
+            kl = fluency_kl(model, ids, attn, read) if cfg.fluency_weight > 0 else None
+            if kl is not None:
+                loss = loss + cfg.fluency_weight * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(control_loss)
+            if kl is not None:
+                kls.append(float(kl.detach()))
             if step % cfg.log_every == 0 or step == cfg.steps:
-                log(f"step {step}/{cfg.steps}  control loss {losses[-1]:.4f}  "
+                extra = f"  fluency KL {kls[-1]:.4f}" if kls else ""
+                log(f"step {step}/{cfg.steps}  control loss {losses[-1]:.4f}{extra}  "
                     f"({time.perf_counter() - start:.0f} s)")
         seconds = time.perf_counter() - start
         after = generate_replies(model, tok, eval_prompts, adapter=STEER_ADAPTER,
@@ -173,11 +201,12 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
             target=str(spec.target), decoder=str(reader.decoder_path), read_layer=read_layer,
             blocks=list(range(read_layer + 1)), control=control.instruction or control.source,
             qa=[list(p) for p in control.qa], steps=cfg.steps, per_layer=cfg.per_layer,
-            extra={"config": asdict(cfg), "final_loss": losses[-1], "seconds": seconds})
+            extra={"config": asdict(cfg), "final_loss": losses[-1], "seconds": seconds,
+                   "fluency_kl": kls})
         save_steering(model, out_dir, steer_spec)
     finally:
         model.base_model.set_adapter("default")
         model.delete_adapter(STEER_ADAPTER)
         for p in model.parameters():
             p.requires_grad_(False)
-    return SteerResult(str(Path(out_dir)), losses, seconds, eval_prompts, before, after)
+    return SteerResult(str(Path(out_dir)), losses, seconds, eval_prompts, before, after, kls)
