@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
 from latentqa import SCAFFOLD, ChatTemplateError, DialogTooLongError, render_dialog
 
@@ -159,3 +160,17 @@ def test_dialog_longer_than_context_is_refused(smol_tokenizer):
 def test_malformed_dialogs_are_refused(smol_tokenizer, bad):
     with pytest.raises(ValueError, match="dialog|message 0"):
         render_dialog(smol_tokenizer, bad)
+
+
+def test_pad_rendered_right_and_left():
+    from latentqa.chat import pad_rendered
+
+    ids, attn, masks = pad_rendered([([5, 6, 7], [False, True, True]), ([8], [True])], 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert attn.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert masks.tolist() == [[False, True, True], [True, False, False]]
+    ids, attn, masks = pad_rendered([[5, 6, 7], torch.tensor([8])], 9, side="left")
+    assert ids.tolist() == [[5, 6, 7], [9, 9, 8]] and masks is None
+    assert attn.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="side"):
+        pad_rendered([[1]], 0, side="middle")

@@ -64,6 +64,16 @@ def request_body(i: int) -> dict:
     return body
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """A 32-wide model gains nothing from intra-op threads, and on a busy 2-core machine they
+    make it ~15x slower (spinning threads); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def reader(tiny_target, tmp_path_factory):
     """The tiny target with a random (untrained, non-zero) LoRA decoder, as in test_serve."""

@@ -2,12 +2,17 @@
 
 With the adapter disabled the model *is* the frozen target (its activations are read that way);
 with it enabled it is the decoder. peft does the bookkeeping.
+
+Full fine-tuning is a peft adapter too (``add_full_finetune_adapter``): a trainable copy of
+every block and the final norm beside the frozen originals, so the same switch gives the target.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -36,6 +41,47 @@ def add_decoder_adapter(
     return get_peft_model(model, config, adapter_name=adapter_name)
 
 
+def full_finetune_targets(model: torch.nn.Module) -> str:
+    """A regex (peft ``target_modules``) naming every transformer block and the final norm."""
+    from .arch import find_blocks
+
+    blocks_path, _ = find_blocks(model)
+    body = model.get_decoder()
+    body_path = next(name for name, module in model.named_modules() if module is body)
+    norms = [name for name, child in body.named_children()
+             if "norm" in type(child).__name__.lower()]
+    if len(norms) != 1:
+        raise ValueError(f"could not find the final norm of {type(model).__name__}: norm-like "
+                         f"children of its body: {norms or 'none'}")
+    final_norm = f"{body_path}.{norms[0]}" if body_path else norms[0]
+    return rf"{re.escape(blocks_path)}\.\d+|{re.escape(final_norm)}"
+
+
+@contextlib.contextmanager
+def _quiet_whole_block_warning():
+    # peft warns that it cannot tell a block's in/out features; LN tuning never uses them
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unsupported layer type")
+        yield
+
+
+def add_full_finetune_adapter(model: torch.nn.Module, *, adapter_name: str = "default"):
+    """Wrap ``model`` in a peft model whose adapter is a trainable copy of every transformer
+    block and of the final norm; the originals stay, frozen, as the target.
+
+    peft's LN-tuning tuner does exactly this for whatever modules it targets (it was written
+    for norms; here it targets whole blocks): adapter on runs the copy, ``disable_adapter``
+    the original, and ``save_pretrained`` writes the copies. So ``as_target``, saving and
+    ``load_decoder_adapter`` work unchanged. The price: the blocks are held twice. Embeddings
+    and the lm_head (tied or not) are not copied: they stay frozen, shared by both.
+    """
+    from peft import LNTuningConfig, get_peft_model
+
+    config = LNTuningConfig(target_modules=full_finetune_targets(model), task_type="CAUSAL_LM")
+    with _quiet_whole_block_warning():
+        return get_peft_model(model, config, adapter_name=adapter_name)
+
+
 def load_decoder_adapter(model: torch.nn.Module, adapter_dir: str | Path, *,
                          adapter_name: str = "default", trainable: bool = False):
     """Attach a saved peft adapter (safetensors only) to ``model``."""
@@ -47,8 +93,9 @@ def load_decoder_adapter(model: torch.nn.Module, adapter_dir: str | Path, *,
             f"{adapter_dir} holds no adapter_model.safetensors; latentqa loads adapters only "
             "from safetensors"
         )
-    return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name,
-                                     is_trainable=trainable)
+    with _quiet_whole_block_warning():  # full fine-tuning adapters wrap whole blocks
+        return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name,
+                                         is_trainable=trainable)
 
 
 @contextlib.contextmanager

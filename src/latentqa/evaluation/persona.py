@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..chat import render_dialog
+from ..chat import pad_rendered, render_dialog
 from ..data.examples import render_target
 from ..data.probe import IGNORE_INDEX, Probe
 from ..decoder import as_target
@@ -116,14 +116,8 @@ class PersonaEval:
         order = sorted(targets, key=lambda r: len(targets[r].input_ids))
         for i in range(0, len(order), self.batch_size):
             chunk = order[i:i + self.batch_size]
-            width = max(len(targets[r].input_ids) for r in chunk)
-            ids = torch.full((len(chunk), width), self.reader.pad_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            mask = torch.zeros_like(ids, dtype=torch.bool)
-            for j, r in enumerate(chunk):
-                n = len(targets[r].input_ids)
-                ids[j, :n], attn[j, :n], mask[j, :n] = targets[r].input_ids, 1, \
-                    targets[r].read_mask
+            ids, attn, mask = pad_rendered(
+                [(targets[r].input_ids, targets[r].read_mask) for r in chunk], self.reader.pad_id)
             for r, v in zip(chunk, read_activations(self.model, ids, attn, mask,
                                                     self.spec.read_layer)):
                 out[r] = v
@@ -146,7 +140,9 @@ class PersonaEval:
         """Mean log-probability per labelled token of each candidate of each group."""
         out: list[list[float]] = [[] for _ in groups]
         for adapter in (True, False):
-            chosen = [i for i, (_, on) in enumerate(groups) if on == adapter]
+            # longest prompt first, so each batch pads little and a memory peak shows at once
+            chosen = sorted((i for i, (_, on) in enumerate(groups) if on == adapter),
+                            key=lambda i: -len(groups[i][0].probes[0].input_ids))
             ctx = contextlib.nullcontext() if adapter else as_target(self.model)
             with ctx:
                 for s in range(0, len(chosen), self.batch_size):

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ..chat import render_dialog
+from ..chat import pad_rendered, render_dialog
 from ..data.errors import DataError, Problem
 from ..decoder import as_target
 from ..decoding import generate_answers
@@ -293,12 +293,7 @@ def generate_plain(reader, prompts: list[str], *, max_new_tokens: int, batch_siz
     out = [""] * len(ids)
     for s in range(0, len(order), batch_size):
         rows = order[s:s + batch_size]
-        width = max(len(ids[r]) for r in rows)
-        batch = torch.full((len(rows), width), reader.pad_id, dtype=torch.long)
-        attn = torch.zeros_like(batch)
-        for j, r in enumerate(rows):
-            batch[j, width - len(ids[r]):] = torch.tensor(ids[r])
-            attn[j, width - len(ids[r]):] = 1
+        batch, attn, _ = pad_rendered([ids[r] for r in rows], reader.pad_id, side="left")
         with as_target(reader.model):
             got = generate_answers(reader.model, tok, batch.to(device), attn.to(device), None,
                                    None, write_layer=reader.spec.write_layer,

@@ -17,7 +17,7 @@ import torch
 
 from ..activations import INJECTION_MODES
 from ..arch import config_info, model_info
-from ..chat import DialogTooLongError, render_dialog
+from ..chat import DialogTooLongError, pad_rendered, render_dialog
 from ..data.layouts import LAYOUTS
 from ..data.probe import IGNORE_INDEX, ProbeBuilder, pad_probes
 from ..decoder import DecoderSpec, as_target, load_decoder_adapter
@@ -237,7 +237,7 @@ class Reader:
         rendered = [self._render(d, r) for d, r in zip(dialogs, reads)]
         out: list[torch.Tensor | None] = [None] * len(dialogs)
         for rows in self._batches([ids for ids, _ in rendered], None):
-            ids, attn, masks = _pad_plain([rendered[r] for r in rows], self.pad_id)
+            ids, attn, masks = pad_rendered([rendered[r] for r in rows], self.pad_id)
             got = read_activations(self.model, ids.to(self._device), attn.to(self._device),
                                    masks.to(self._device), layer)
             for r, v in zip(rows, got):
@@ -268,13 +268,3 @@ class Reader:
         order = sorted(range(len(items)), key=length, reverse=True)
         return [order[i:i + size] for i in range(0, len(order), size)]
 
-
-def _pad_plain(rows, pad_id: int):
-    """Right-pad (ids, read mask) pairs for the target's pass."""
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    masks = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (row, mask) in enumerate(rows):
-        ids[i, :len(row)], attn[i, :len(row)], masks[i, :len(row)] = row, 1, mask
-    return ids, attn, masks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..chat import render_dialog
+from ..chat import pad_rendered, render_dialog
 from ..decoder import as_target
 from .adapter import active
 
@@ -39,12 +39,8 @@ def generate_replies(model, tokenizer, prompts: list[str], *, adapter: str | Non
     with target_context(model, adapter):
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
-            width = max(len(rendered[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for j, i in enumerate(rows):  # left padding: every row ends where generation starts
-                ids[j, width - len(rendered[i]):], attn[j, width - len(rendered[i]):] = \
-                    torch.tensor(rendered[i]), 1
+            ids, attn, _ = pad_rendered([rendered[i] for i in rows], pad, side="left")
+            width = ids.shape[1]
             out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
                                  **kwargs)
             for j, i in enumerate(rows):

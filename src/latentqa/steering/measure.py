@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..chat import render_dialog
+from ..chat import pad_rendered, render_dialog
 from ..evaluation.stats import wilson_interval
 from .generate import target_context
 
@@ -73,19 +73,13 @@ def reply_logprobs(model, tokenizer, dialogs: list[list[dict]], *, adapter: str 
     rows = []
     for d in dialogs:
         r = render_dialog(tokenizer, d)
-        rows.append((torch.tensor(r.input_ids), r.mask([len(d) - 1])))
+        rows.append((r.input_ids, r.mask([len(d) - 1])))
     out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     with target_context(model, adapter):
         for s in range(0, len(order), batch_size):
             chunk = order[s:s + batch_size]
-            width = max(len(rows[i][0]) for i in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            scored = torch.zeros_like(ids, dtype=torch.bool)
-            for j, i in enumerate(chunk):
-                n = len(rows[i][0])
-                ids[j, :n], attn[j, :n], scored[j, :n] = rows[i][0], 1, rows[i][1]
+            ids, attn, scored = pad_rendered([rows[i] for i in chunk], pad)
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
             logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(
                 -1, ids[:, 1:, None].to(device))[..., 0].cpu()

@@ -27,7 +27,7 @@ import torch
 
 from ..activations import capture, gather
 from ..arch import find_blocks
-from ..chat import render_dialog
+from ..chat import pad_rendered, render_dialog
 from ..decoder import as_target
 from .adapter import STEER_ADAPTER, SteerSpec, active, add_steering_adapter, save_steering
 from .control import Control
@@ -84,24 +84,18 @@ def _dialogs(prompts, replies):
     return out
 
 
-def _render(tokenizer, dialog, device):
+def _render(tokenizer, dialog):
     """Ids and read mask: every token of the user turn and the reply (not the template's
     default system prompt), through the generation prompt when the dialog ends with the user."""
     rendered = render_dialog(tokenizer, dialog, add_generation_prompt=dialog[-1]["role"] == "user")
     read = [i for i, m in enumerate(dialog) if m["role"] != "system"]
     mask = rendered.mask(read, whole_turns=True)
-    return torch.tensor(rendered.input_ids, device=device), torch.as_tensor(mask, device=device)
+    return rendered.input_ids, mask
 
 
 def _batch(tokenizer, dialogs, pad_id, device):
-    rows = [_render(tokenizer, d, device) for d in dialogs]
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    attn = torch.zeros_like(ids)
-    read = torch.zeros_like(ids, dtype=torch.bool)
-    for i, (row, mask) in enumerate(rows):
-        ids[i, :len(row)], attn[i, :len(row)], read[i, :len(row)] = row, 1, mask
-    return ids, attn, read
+    ids, attn, read = pad_rendered([_render(tokenizer, d) for d in dialogs], pad_id)
+    return ids.to(device), attn.to(device), read.to(device)
 
 
 def fluency_kl(model, ids, attn, positions) -> torch.Tensor:

@@ -40,6 +40,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class Gathered:
+    """``model`` as ``save_decoder`` sees it, but saving given adapter weights: under FSDP the
+    model's own are shards, so the trainer gathers them first (peft's ``save_pretrained`` takes
+    a ``state_dict``). The files are the ones an unsharded model writes."""
+
+    def __init__(self, model, weights: dict):
+        self.model, self.weights = model, weights
+
+    def save_pretrained(self, directory, **kwargs):
+        self.model.save_pretrained(directory, state_dict=self.weights, **kwargs)
+
+
 def save_checkpoint(out_dir: Path, step: int, model, spec: DecoderSpec, trainer_state: dict,
                     keep: int) -> Path:
     final = checkpoint_dir(out_dir, step)

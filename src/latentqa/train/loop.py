@@ -29,7 +29,7 @@ from ..data import (
     load_data,
     split_by_label,
 )
-from ..decoder import DecoderSpec, add_decoder_adapter, save_decoder
+from ..decoder import DecoderSpec, add_decoder_adapter, add_full_finetune_adapter, save_decoder
 from ..decoding import decoder_loss_sum, read_activations
 from ..evaluation.heldout import heldout_losses
 from ..files import write_json
@@ -163,11 +163,12 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
     loaded = load_model(cfg.model, dtype=weights_dtype, device=device)
     tok, info = loaded.tokenizer, model_info(loaded.model)
     layout = LAYOUTS[cfg.layout]
-    if cfg.full_finetune:
-        raise NotImplementedError("full fine-tuning is not available yet; use LoRA (lora_r)")
     torch.manual_seed(cfg.seed)  # adapter init does not depend on what ran before
-    model = add_decoder_adapter(loaded.model, r=cfg.lora_r, alpha=cfg.lora_alpha,
-                                dropout=cfg.lora_dropout, target_modules=cfg.lora_targets)
+    if cfg.full_finetune:  # a trainable copy of the blocks; the originals stay the target
+        model = add_full_finetune_adapter(loaded.model)
+    else:
+        model = add_decoder_adapter(loaded.model, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                                    dropout=cfg.lora_dropout, target_modules=cfg.lora_targets)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
