@@ -80,6 +80,12 @@ def test_prompt_files(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(PromptsError, match="holds no prompts"):
         read_prompts(tmp_path / "empty.txt")
+    from latentqa.steering.prompts import prompts_from
+
+    assert len(prompts_from("troubles")) == 40  # a built-in set by name
+    assert prompts_from(str(tmp_path / "p.txt")) == ["one", "two"]  # a file wins
+    with pytest.raises(PromptsError, match="no such prompts file"):
+        prompts_from("no-such-set")
 
 
 def test_active_adapter_keeps_gradient_flags(reader):

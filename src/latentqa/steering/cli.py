@@ -19,10 +19,10 @@ def register(subparsers) -> None:
                    help="a control JSON file ({instruction: [[question, answer], ...]}, as "
                         "../shared/data/latentqa/controls/*.json) or an instruction text")
     p.add_argument("--prompts", help="steering prompts (.txt one per line, .jsonl with "
-                                     "'prompt', or a .json list); default: the built-in "
-                                     "neutral set")
-    p.add_argument("--eval-prompts", help="evaluation prompts (default: a held-back quarter of "
-                                          "--prompts)")
+                                     "'prompt', or a .json list) or a built-in set by name "
+                                     "(neutral, troubles); default: neutral")
+    p.add_argument("--eval-prompts", help="evaluation prompts, a file or a built-in set "
+                                          "(default: a held-back quarter of --prompts)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -48,7 +48,8 @@ def register(subparsers) -> None:
     g = subparsers.add_parser("generate", help="sample the target, plain or steered",
                               description="Replies of the target to each prompt, with a "
                                           "steering adapter (--adapter) or without.")
-    g.add_argument("--prompts", required=True)
+    g.add_argument("--prompts", required=True,
+                   help="a prompts file or a built-in set by name (neutral, troubles)")
     g.add_argument("--adapter", help="a steering adapter directory written by latentqa steer")
     g.add_argument("--target", help="target model (default: the adapter's, else smollm2-135m)")
     g.add_argument("--system", help="a system prompt for every prompt")
@@ -77,7 +78,7 @@ def cmd_steer(args) -> int:
     from ..train.report import plot_losses
     from .adapter import STEER_ADAPTER, load_steering
     from .control import ControlError, load_control
-    from .prompts import PromptsError, builtin_prompts, read_prompts
+    from .prompts import PromptsError, builtin_prompts, prompts_from
     from .report import markdown, measure
     from .run import SteerConfig, steer
 
@@ -85,8 +86,8 @@ def cmd_steer(args) -> int:
         raise UserError("--steps and --batch-size must be at least 1, --lr positive and "
                         "--fluency-weight not negative")
     try:
-        prompts = read_prompts(args.prompts) if args.prompts else builtin_prompts("neutral")
-        eval_prompts = read_prompts(args.eval_prompts) if args.eval_prompts else None
+        prompts = prompts_from(args.prompts) if args.prompts else builtin_prompts("neutral")
+        eval_prompts = prompts_from(args.eval_prompts) if args.eval_prompts else None
         if args.control.endswith(".json"):
             load_control(args.control)  # a bad file fails before the model loads
     except (PromptsError, ControlError) as e:
@@ -141,10 +142,10 @@ def cmd_generate(args) -> int:
     from ..models import DEFAULT_MODEL, load_model
     from .adapter import STEER_ADAPTER, SteerSpec, load_steering
     from .generate import generate_replies
-    from .prompts import PromptsError, read_prompts
+    from .prompts import PromptsError, prompts_from
 
     try:
-        prompts = read_prompts(args.prompts)
+        prompts = prompts_from(args.prompts)
     except PromptsError as e:
         raise UserError(str(e)) from None
     target = args.target

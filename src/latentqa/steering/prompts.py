@@ -45,9 +45,22 @@ def read_prompts(path) -> list[str]:
     return prompts
 
 
+BUILTIN = Path(__file__).parent / "prompts"
+
+
 def builtin_prompts(name: str) -> list[str]:
-    """A prompt set shipped with latentqa (``neutral``: everyday requests)."""
-    path = Path(__file__).parent / "prompts" / f"{name}.txt"
+    """A prompt set shipped with latentqa: ``neutral`` (everyday requests), ``troubles`` (users
+    describing small setbacks: replies have room to become more or less upbeat), ``reference``
+    (neutral text for side-effect perplexity)."""
+    path = BUILTIN / f"{name}.txt"
     if not path.exists():
-        raise PromptsError(f"no built-in prompt set {name!r}")
+        known = ", ".join(sorted(p.stem for p in BUILTIN.glob("*.txt")))
+        raise PromptsError(f"no built-in prompt set {name!r} (built-in: {known})")
     return read_prompts(path)
+
+
+def prompts_from(spec: str) -> list[str]:
+    """A prompts file, or failing that a built-in set by name (``--prompts troubles``)."""
+    if Path(spec).exists() or not (BUILTIN / f"{spec}.txt").exists():
+        return read_prompts(spec)
+    return builtin_prompts(spec)

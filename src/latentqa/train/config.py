@@ -16,6 +16,7 @@ from typing import get_type_hints
 PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
 SCHEDULES = ("cosine", "linear", "constant")
 CACHE_MODES = ("off", "memory", "disk")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,10 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: list[str] | str = "all-linear"
+    # full_finetune: instead of LoRA, train a copy of every block and the final norm (the
+    # originals stay the frozen target). The blocks are then held twice, and the copy has
+    # gradients and AdamW state: about 4x the blocks' weights, vs ~1x for LoRA. Embeddings and
+    # lm_head (tied or not) stay frozen. The lora_* keys are ignored.
     full_finetune: bool = False
     # optimisation
     optimizer: str = "adamw"
@@ -62,6 +67,9 @@ class TrainConfig:
     seed: int = 0
     gradient_checkpointing: bool = False
     device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
+    # under torchrun: ddp (every rank holds the whole model) or fsdp (blocks sharded across
+    # ranks, for targets too big for one device); one process runs unsharded either way
+    distributed: str = "ddp"
     # speed
     activation_cache: str = "off"
     cache_dtype: str = "bf16"
@@ -202,6 +210,12 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}")
     need(cfg.optimizer in ("adamw", "sgd"), "optimizer must be 'adamw' or 'sgd'")
     need(cfg.activation_cache in CACHE_MODES, f"activation_cache must be one of {CACHE_MODES}")
+    need(cfg.distributed in DISTRIBUTED,
+         f"distributed must be one of {DISTRIBUTED}, got {cfg.distributed!r}")
+    # sharded passes are collectives: every rank must run the same ones, and a cache hit on one
+    # rank and a miss on another would not
+    need(cfg.distributed != "fsdp" or cfg.activation_cache == "off",
+         "activation_cache must be 'off' with distributed 'fsdp'")
     need(cfg.cache_dtype in ("bf16", "fp16", "fp32"), "cache_dtype must be bf16, fp16 or fp32")
     need(cfg.lora_r >= 1 or cfg.full_finetune, "lora_r must be at least 1")
     need(0 <= cfg.lora_dropout < 1, "lora_dropout must be in [0, 1)")

@@ -3,7 +3,9 @@
 One process, or several under ``torchrun`` (gloo on CPU, NCCL on GPU). Ranks share the work of
 each optimizer step; the loss is the mean over every labelled token of the step across all
 micro-batches and ranks, so N processes compute exactly what one process with N-fold gradient
-accumulation computes. LoRA gradients are small, so they are all-reduced directly.
+accumulation computes. With ``distributed: ddp`` every rank holds the whole model and the
+(small) adapter gradients are all-reduced directly; with ``distributed: fsdp`` the blocks are
+sharded across ranks and FSDP reduces the gradients (``fsdp.py``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from ..evaluation.heldout import heldout_losses
 from ..files import write_json
 from ..models import load_config, load_model
 from . import checkpoint as ckpt
+from . import fsdp
 from .cache import ActivationCache
-from .config import TrainConfig, check_layers
+from .config import ConfigError, TrainConfig, check_layers
 from .report import Reporter
 
 
@@ -147,6 +150,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
     random.seed(cfg.seed)
     device = ddp.device
     precision = resolve_precision(cfg, device)
+    sharded = cfg.distributed == "fsdp" and ddp.world > 1  # one process: nothing to shard
 
     # data
     data = load_data(cfg.data, system_recovery=cfg.system_recovery)
@@ -173,6 +177,16 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.train()
+    found = ckpt.list_checkpoints(out_dir) if resume else []
+    state = ckpt.load_trainer_state(found[-1]) if found else None
+    if state is not None:
+        if state.get("sharded", False) != sharded:  # the optimizer states differ in layout
+            written = "fsdp with several processes" if state.get("sharded") else "ddp"
+            raise ConfigError(f"distributed: {found[-1]} was written by a run with {written}; "
+                              "resume it the same way")
+        _load_adapter_weights(model, found[-1])  # before sharding: FSDP shards what it finds
+    if sharded:
+        fsdp.shard(model, device, ddp.world)
     params = [p for p in model.parameters() if p.requires_grad]
     spec = DecoderSpec(
         target=cfg.model, model_type=info.model_type, num_blocks=info.num_blocks,
@@ -211,25 +225,24 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
 
     step, epoch, batches_done = 0, 0, 0
     reporter = Reporter(out_dir, enabled=ddp.main)
-    if resume:
-        found = ckpt.list_checkpoints(out_dir)
-        if found:
-            state = ckpt.load_trainer_state(found[-1])
-            _load_adapter_weights(model, found[-1])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            step, epoch = state["step"], state["epoch"]
-            batches_done = state["batches_done"]
-            ckpt.set_rng_state(state["rng"][ddp.rank])
-            reporter.truncate_after(step)
-            log(f"resumed from {found[-1]} at step {step}")
+    if state is not None:
+        if sharded:
+            fsdp.load_optimizer_state(model, optimizer, state["optimizer"])
         else:
-            log("no checkpoint found; starting from scratch")
+            optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch = state["step"], state["epoch"]
+        batches_done = state["batches_done"]
+        ckpt.set_rng_state(state["rng"][ddp.rank])
+        reporter.truncate_after(step)
+        log(f"resumed from {found[-1]} at step {step}")
+    elif resume:
+        log("no checkpoint found; starting from scratch")
     if ddp.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", {**cfg.to_dict(), "resolved": {
             "precision": precision, "device": str(device), "world_size": ddp.world,
-            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "sharded": sharded,
             "train_pairs": len(train_set), "eval_pairs": len(eval_set),
             "eval_labels": sorted(eval_data.labels)[:2000]}})
     log(f"training on {len(train_set)} pairs ({len(eval_set)} held out), {total_steps} steps, "
@@ -289,7 +302,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
                 loss_total += loss_sum.detach().float().cpu()
                 tokens_seen += int(batch["target_attention_mask"].sum()
                                    + batch["decoder_attention_mask"].sum())
-            if ddp.world > 1:
+            if ddp.world > 1 and not sharded:  # FSDP has reduce-scattered them in backward
                 for p in params:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
@@ -307,22 +320,25 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - t_start
                 row = {"step": step, "epoch": epoch, "loss": loss, "layer": layer,
-                       "lr": lr_used, "grad_norm": float(grad_norm),
+                       "lr": lr_used, "grad_norm": fsdp.as_float(grad_norm),
                        "tokens_per_s": tokens_seen * ddp.world / max(elapsed, 1e-9)}
                 reporter.log(row)
                 log(f"step {step}/{total_steps}  loss {loss:.4f}  layer {layer}  "
                     f"lr {row['lr']:.2e}  {row['tokens_per_s']:.0f} tok/s")
             if step % cfg.eval_every == 0 or step == total_steps:
-                metrics = evaluate(model, eval_set, collate, cfg, precision, device, ddp)
+                metrics = evaluate(model, eval_set, collate, cfg, precision, device, ddp,
+                                   sharded)
                 reporter.log({"step": step, **metrics})
                 log(f"step {step}  eval loss {metrics['eval_loss']:.4f} (shuffled "
                     f"{metrics['eval_loss_shuffled']:.4f})")
             if step % cfg.save_every == 0 or step == total_steps:
-                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                state = {"optimizer": fsdp.optimizer_state(model, optimizer) if sharded
+                         else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "step": step, "epoch": epoch, "batches_done": batches_done,
-                         "rng": _gather_rng(ddp)}
+                         "rng": _gather_rng(ddp), "sharded": sharded}
+                saved = _saveable(model, sharded)
                 if ddp.main:
-                    ckpt.save_checkpoint(out_dir, step, model, spec, state, cfg.keep_checkpoints)
+                    ckpt.save_checkpoint(out_dir, step, saved, spec, state, cfg.keep_checkpoints)
                 ddp.barrier()
         else:
             continue
@@ -335,8 +351,9 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
                   "final_metrics": summary["final"], "held_out": cfg.held_out,
                   "split_seed": cfg.split_seed, "system_recovery": cfg.system_recovery,
                   "plain_share": cfg.plain_share}
+    saved = _saveable(model, sharded)
     if ddp.main:
-        save_decoder(model, out_dir / "decoder", spec)
+        save_decoder(saved, out_dir / "decoder", spec)
         reporter.finish(summary)
         log(f"decoder saved to {out_dir / 'decoder'}")
     ddp.barrier()
@@ -353,6 +370,12 @@ def _gather_rng(ddp: Distributed) -> list:
     return out
 
 
+def _saveable(model, sharded: bool):
+    """What to hand to save_decoder: under FSDP the adapter gathered whole (every rank takes
+    part; rank 0 writes), so the files are those of an unsharded run."""
+    return ckpt.Gathered(model, fsdp.full_weights(model)) if sharded else model
+
+
 def _load_adapter_weights(model, directory: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -361,8 +384,14 @@ def _load_adapter_weights(model, directory: Path) -> None:
     set_peft_model_state_dict(model, weights)
 
 
-def evaluate(model, eval_set, collate, cfg, precision, device, ddp) -> dict:
-    """Held-out loss with real activations and with another record's (the shuffled control)."""
+def evaluate(model, eval_set, collate, cfg, precision, device, ddp, sharded=False) -> dict:
+    """Held-out loss with real activations and with another record's (the shuffled control).
+
+    Under FSDP every rank evaluates every example: a sharded forward is a collective, so all
+    ranks must run the same passes (split, they would not: ranks get different batch counts
+    and skip different shuffled controls).
+    """
+    rank, world = (0, 1) if sharded else (ddp.rank, ddp.world)
     n = min(cfg.eval_examples, len(eval_set))
     idx = list(range(len(eval_set)))
     random.Random(cfg.seed).shuffle(idx)
@@ -370,7 +399,7 @@ def evaluate(model, eval_set, collate, cfg, precision, device, ddp) -> dict:
         model, eval_set, collate, idx[:n], layer=cfg.read_layers[len(cfg.read_layers) // 2],
         write_layer=cfg.write_layer, mode=cfg.injection, batch_size=cfg.batch_size,
         conditions=("real", "shuffled"), autocast=lambda: autocast(precision, device),
-        device=device, rank=ddp.rank, world=ddp.world)
-    sums = ddp.sum(totals)
+        device=device, rank=rank, world=world)
+    sums = totals if sharded else ddp.sum(totals)
     return {"eval_loss": float(sums[0, 0] / max(sums[0, 1], 1)),
             "eval_loss_shuffled": float(sums[1, 0] / max(sums[1, 1], 1))}
