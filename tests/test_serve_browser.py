@@ -7,9 +7,10 @@ shuffled control, score candidate descriptions. Assertions are on the DOM (and o
 responses the page got, which the DOM must show), never on timing. Screenshots are kept under
 test-artifacts/browser/.
 
-Needs Playwright (the `dev` extra) and a Chromium on PATH (`chromium`; `make setup` installs
-it with apt) or at $LATENTQA_CHROMIUM. Playwright drives that system browser; its own browser
-download is never used. Without them the tests fail, unless LATENTQA_SKIP_BROWSER=1.
+Needs Playwright (the `dev` extra) and a Chromium on PATH (`chromium`; `make test` installs
+it with apt-get when missing) or at $LATENTQA_CHROMIUM. Playwright drives that system
+browser; its own browser download is never used. Without them the tests fail, unless
+LATENTQA_SKIP_BROWSER=1.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ MAX_NEW_TOKENS = 16
 def _unavailable(what: str):
     if os.environ.get(SKIP_ENV) == "1":
         pytest.skip(f"{what} ({SKIP_ENV}=1)")
-    pytest.fail(f"browser tests: {what}. `make setup` installs both (Chromium with apt-get); "
-                f"or install them yourself; or set {SKIP_ENV}=1 to skip these tests",
-                pytrace=False)
+    pytest.fail(f"browser tests: {what}. `make test` installs both (Playwright with the dev "
+                f"extra, Chromium with apt-get: `make browser`); or install them yourself; or "
+                f"set {SKIP_ENV}=1 to skip these tests", pytrace=False)
 
 
 def chromium_path() -> str | None:
