@@ -282,6 +282,12 @@ def test_chat_pick_ask_control_and_score_in_chromium(browser, served):
         [(_, listing)] = api_calls(responses, "/v1/tokens")
         tokens = page.get_by_test_id("token")
         expect(tokens).to_have_count(len(listing["tokens"]))
+        # the hidden system prompt is masked in the token list too, until "reveal"
+        assert "pirate" not in page.inner_text("#tokens")
+        page.check("#reveal")
+        expect(page.locator("#tokens")).to_contain_text("pirate")
+        page.uncheck("#reveal")
+        assert "pirate" not in page.inner_text("#tokens")
         in_reply = [t["index"] for t in listing["tokens"] if t["message"] == 2]
         assert len(in_reply) >= 2, listing
         first, last = in_reply[0], in_reply[-1]
