@@ -1,4 +1,5 @@
-"""The trainer: configs refused early, exact resume after SIGKILL, DDP == accumulation."""
+"""The trainer: configs refused early, exact resume after SIGKILL, DDP and FSDP ==
+accumulation, full fine-tuning."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_DATA
+from safetensors.torch import load_file
 
 from latentqa.cli import main
 from latentqa.train import ConfigError, build_config
-from latentqa.train.checkpoint import list_checkpoints
+from latentqa.train.checkpoint import STATE, list_checkpoints
 
 DATA = [str(SHARED_DATA / "latentqa" / "control.json"), str(SHARED_DATA / "latentqa" / "qa.json")]
 
@@ -48,6 +50,7 @@ def _cli(args, env_extra=None, **kw):
     ("data=/no/such/file.json", "data: /no/such/file.json does not exist"),
     ("read_layers=[99]", "layer 99 is out of range for a model with 30 blocks"),
     ("write_layer=x", "write_layer: expected an integer"),
+    ("distributed=fdsp", "distributed must be one of ('ddp', 'fsdp'), got 'fdsp'"),
 ])
 def test_bad_config_refused_before_any_model_loads(monkeypatch, capsys, override, message):
     import latentqa.models
@@ -73,6 +76,8 @@ def test_config_file_and_overrides(tmp_path):
     assert build_config(read_config_file(tmp_path / "c.toml")).batch_size == 4
     with pytest.raises(ConfigError, match="expected true or false"):
         build_config({"data": [DATA[0]], "full_finetune": "maybe"})
+    with pytest.raises(ConfigError, match="activation_cache must be 'off' with distributed"):
+        build_config({"data": [DATA[0]], "distributed": "fsdp", "activation_cache": "memory"})
 
 
 def test_run_writes_decoder_metrics_plot_and_steps_the_schedule_per_step(tiny_target, tmp_path):
@@ -163,3 +168,67 @@ def test_activation_cache_gives_the_same_run(tiny_target, tmp_path):
     for mode in ("memory", "disk"):
         for k in runs["off"]:
             torch.testing.assert_close(runs[mode][k], runs["off"][k], rtol=0, atol=1e-6)
+
+
+def _torchrun(args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "latentqa.cli", "train", *args]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout + run.stderr
+
+
+def test_two_process_fsdp_equals_one_process_and_resumes(tiny_target, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    fixture = json.dumps([str(Path(__file__).parent / "fixtures" / "data" / "good")])
+
+    def args(out, **extra):  # the 17 hand-written pairs: little to load in each process
+        # constant schedule: a run stopped at step 2 and resumed to 4 sees the same rates
+        out = _args(tiny_target, out, lora_dropout=0.0, schedule="constant", save_every=2,
+                    eval_every=2, held_out=0, eval_data=fixture, **extra)
+        return [f"data={fixture}"] + out[1:]
+
+    assert main(["train", *args(one, grad_accum=2, max_steps=4)]) == 0
+    log = _torchrun(args(two, distributed="fsdp", max_steps=2))
+    assert "2 process(es)" in log
+    log = _torchrun(args(two, distributed="fsdp", max_steps=4) + ["--resume"])
+    assert "resumed from" in log
+    state = torch.load(list_checkpoints(two)[-1] / "trainer_state.pt", weights_only=True)
+    assert state["sharded"]  # the optimizer state was gathered whole, keyed by parameter name
+    assert all(isinstance(k, str) for k in state["optimizer"]["state"])
+
+    # before the restart and after it, the same weights as one process with accumulation
+    for a, b in ((one / "checkpoints" / "step-0000002", two / "checkpoints" / "step-0000002"),
+                 (one / "decoder", two / "decoder")):
+        assert {p.name for p in a.iterdir()} - {STATE} == {p.name for p in b.iterdir()} - {STATE}
+        wa, wb = load_file(str(a / "adapter_model.safetensors")), \
+            load_file(str(b / "adapter_model.safetensors"))
+        assert wa.keys() == wb.keys()
+        assert max(v.abs().max().item() for k, v in wa.items() if "lora_B" in k) > 0
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
+    # and a decoder the reader loads like any other
+    from latentqa.reading import load
+
+    assert load(str(two / "decoder"), str(tiny_target)).spec.read_layer == 2
+
+
+def test_full_finetune_trains_copies_of_the_blocks_and_resumes(tiny_target, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = dict(full_finetune="true", schedule="constant", save_every=2, eval_every=2)
+    assert main(["train", *_args(tiny_target, straight, max_steps=4, **common)]) == 0
+    assert main(["train", *_args(tiny_target, split, max_steps=2, **common)]) == 0
+    assert main(["train", *_args(tiny_target, split, max_steps=4, **common), "--resume"]) == 0
+    a, b = _adapter(straight), _adapter(split)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() < 1e-6, k
+    # the decoder is a trained copy of every block and the final norm; the target is untouched
+    original = load_file(str(tiny_target / "model.safetensors"))
+    # peft's names: ...layers.0.ln_tuning_layers.default.mlp..., ...norm.ln_tuning_layers.weight
+    copies = {k.removeprefix("base_model.model.").replace("ln_tuning_layers.", "")
+              .replace("default.", ""): v for k, v in a.items()}
+    assert {k for k in original if k.startswith("model.layers.") or k == "model.norm.weight"} \
+        == set(copies)
+    assert all(not torch.equal(v, original[k]) for k, v in copies.items() if "proj" in k)

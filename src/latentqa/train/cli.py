@@ -42,7 +42,7 @@ def cmd_train(args) -> int:
 
     try:
         check_layers(cfg, model_info_from_config(cfg.model))
+        train(cfg, resume=args.resume)  # may refuse a checkpoint it cannot resume
     except ConfigError as e:
         raise UserError(f"bad training config: {e}") from None
-    train(cfg, resume=args.resume)
     return 0

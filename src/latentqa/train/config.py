@@ -45,10 +45,10 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: list[str] | str = "all-linear"
-    # full_finetune: instead of LoRA, train a copy of every block and the final norm (the
-    # originals stay the frozen target). The blocks are then held twice, and the copy has
-    # gradients and AdamW state: about 4x the blocks' weights, vs ~1x for LoRA. Embeddings and
-    # lm_head (tied or not) stay frozen. The lora_* keys are ignored.
+    # full_finetune: instead of LoRA, train a copy of every block and the final norm; the
+    # originals stay, frozen, as the target. Memory: the blocks' weights about 5 times over
+    # (original, copy, its gradients, two AdamW moments) against about once for LoRA; the saved
+    # decoder holds the copy. Embeddings and lm_head (tied or not) stay frozen. lora_* ignored.
     full_finetune: bool = False
     # optimisation
     optimizer: str = "adamw"

@@ -6,7 +6,7 @@ the body (the model without its lm_head) is the root unit. Gradients are reduce-
 DDP computes. Checkpoints hold gathered, unsharded weights: the saved decoder is the same peft
 adapter a DDP run writes, and the optimizer state is keyed by parameter name, unsharded.
 
-Three things the rest of latentqa does not expect from a sharded model, handled here:
+What the rest of latentqa does not expect from a sharded model, handled here:
 
 - The input embeddings and the lm_head stay whole on every rank (``ignored_params``): the
   decoding code calls the lm_head outside the body, where FSDP would never gather it, and the
@@ -15,6 +15,8 @@ Three things the rest of latentqa does not expect from a sharded model, handled 
   its forward; a hook resets FSDP's per-pass state then (``reset_iter_state``, made for this).
 - A full fine-tuning block is a frozen original plus a trainable copy: each is its own unit,
   so a pass gathers only the one it runs.
+- Under FSDP every sharded forward is a collective, so all ranks must run the same passes: the
+  trainer evaluates every held-out example on every rank and refuses the activation cache.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from ..arch import find_blocks
+from .config import ConfigError
 
 
 def shard(model, device: torch.device, world: int) -> None:
@@ -43,7 +46,15 @@ def shard(model, device: torch.device, world: int) -> None:
                  if isinstance(block, LNTuningLayer) else [block])
         for unit in units:
             fully_shard(unit, mesh=mesh)
-    fully_shard(body, mesh=mesh, ignored_params=whole)
+    # The root reshards after its forward too (FSDP keeps a root gathered by default): it holds
+    # little (the final norm), and this way the parameters the model shows between passes are
+    # always the sharded ones the optimizer holds, which saving the optimizer state relies on.
+    fully_shard(body, mesh=mesh, ignored_params=whole, reshard_after_forward=True)
+    loose = [n for n, p in model.named_parameters()
+             if p.requires_grad and not isinstance(p, DTensor)]
+    if loose:  # e.g. LoRA on the lm_head: FSDP would neither shard it nor reduce its gradients
+        raise ConfigError(f"distributed: with fsdp only the blocks may train, not {loose[0]} "
+                          "(leave the lm_head and embeddings out of lora_targets)")
     for module in model.modules():
         if isinstance(module, FSDPModule):
             # sum, not FSDP's default mean: each rank's loss is already a share of the global one
@@ -60,10 +71,16 @@ def _reset_if_aborted(module, _args, output):
         module.reset_iter_state()
 
 
-def full_weights(model) -> dict[str, torch.Tensor]:
-    """Every trainable parameter, gathered whole on CPU: a collective, every rank calls it."""
-    return {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu()
-            for name, p in model.named_parameters() if p.requires_grad}
+def full_weights(model, keep: bool) -> dict[str, torch.Tensor]:
+    """Every trainable parameter gathered whole, one at a time (a collective: every rank calls
+    it); only the rank that ``keep``s them (the one that writes) holds them, on CPU."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            whole = p.full_tensor() if isinstance(p, DTensor) else p
+            if keep:
+                out[name] = whole.detach().cpu()
+    return out
 
 
 def optimizer_state(model, optimizer) -> dict:

@@ -151,6 +151,12 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
     device = ddp.device
     precision = resolve_precision(cfg, device)
     sharded = cfg.distributed == "fsdp" and ddp.world > 1  # one process: nothing to shard
+    found = ckpt.list_checkpoints(out_dir) if resume else []
+    state = ckpt.load_trainer_state(found[-1]) if found else None
+    if state is not None and state.get("sharded", False) != sharded:  # before weights load
+        written = "fsdp on several processes" if state.get("sharded") else "ddp or one process"
+        raise ConfigError(f"distributed: {found[-1]} was written by a run with {written} (the "
+                          "optimizer state is laid out differently); resume it the same way")
 
     # data
     data = load_data(cfg.data, system_recovery=cfg.system_recovery)
@@ -177,13 +183,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.train()
-    found = ckpt.list_checkpoints(out_dir) if resume else []
-    state = ckpt.load_trainer_state(found[-1]) if found else None
     if state is not None:
-        if state.get("sharded", False) != sharded:  # the optimizer states differ in layout
-            written = "fsdp with several processes" if state.get("sharded") else "ddp"
-            raise ConfigError(f"distributed: {found[-1]} was written by a run with {written}; "
-                              "resume it the same way")
         _load_adapter_weights(model, found[-1])  # before sharding: FSDP shards what it finds
     if sharded:
         fsdp.shard(model, device, ddp.world)
@@ -336,7 +336,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
                          else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "step": step, "epoch": epoch, "batches_done": batches_done,
                          "rng": _gather_rng(ddp), "sharded": sharded}
-                saved = _saveable(model, sharded)
+                saved = _saveable(model, sharded, ddp.main)
                 if ddp.main:
                     ckpt.save_checkpoint(out_dir, step, saved, spec, state, cfg.keep_checkpoints)
                 ddp.barrier()
@@ -351,7 +351,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
                   "final_metrics": summary["final"], "held_out": cfg.held_out,
                   "split_seed": cfg.split_seed, "system_recovery": cfg.system_recovery,
                   "plain_share": cfg.plain_share}
-    saved = _saveable(model, sharded)
+    saved = _saveable(model, sharded, ddp.main)
     if ddp.main:
         save_decoder(saved, out_dir / "decoder", spec)
         reporter.finish(summary)
@@ -370,10 +370,10 @@ def _gather_rng(ddp: Distributed) -> list:
     return out
 
 
-def _saveable(model, sharded: bool):
+def _saveable(model, sharded: bool, main: bool):
     """What to hand to save_decoder: under FSDP the adapter gathered whole (every rank takes
-    part; rank 0 writes), so the files are those of an unsharded run."""
-    return ckpt.Gathered(model, fsdp.full_weights(model)) if sharded else model
+    part; the main rank keeps it and writes), so the files are those of an unsharded run."""
+    return ckpt.Gathered(model, fsdp.full_weights(model, keep=main)) if sharded else model
 
 
 def _load_adapter_weights(model, directory: Path) -> None:
