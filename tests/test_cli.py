@@ -45,3 +45,14 @@ def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "latentqa.cli", "--version"],
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("latentqa ")
+
+
+@pytest.mark.parametrize("module", ["latentqa", "latentqa.cli"])
+def test_python_dash_m_reports_errors_without_a_traceback(module):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", module, "train", "batch_size=0"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr and "bad training config" in run.stderr

@@ -134,4 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's copy of this module: subcommands raise latentqa.cli.UserError, which a
+    # second copy loaded as __main__ would not catch
+    from latentqa.cli import main as package_main
+
+    sys.exit(package_main())
