@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from test_models import _save_tiny
 
 from latentqa.cli import main
@@ -49,9 +50,6 @@ def test_console_script_runs():
 
 @pytest.mark.parametrize("module", ["latentqa", "latentqa.cli"])
 def test_python_dash_m_reports_errors_without_a_traceback(module):
-    import subprocess
-    import sys
-
     run = subprocess.run([sys.executable, "-m", module, "train", "batch_size=0"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
