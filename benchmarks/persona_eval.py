@@ -27,7 +27,7 @@ import torch
 from latentqa.data import load_data, split_by_label
 from latentqa.decoder import as_target
 from latentqa.decoding import labelled_logprobs
-from latentqa.evaluation.cli import PERSONA_CONDITIONS, persona_files
+from latentqa.evaluation.cli import PERSONA_CONDITIONS, latentqa_files
 from latentqa.evaluation.persona import PersonaEval, build_items, shuffled_donors
 from latentqa.reading import load
 
@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
 
     reader = load(args.decoder, batch_size=args.batch_size)
-    data = load_data(persona_files([args.data]), system_recovery=False)
+    data = load_data(latentqa_files([args.data]), system_recovery=False)
     spec = reader.spec
     data = split_by_label(data, held_out=spec.extra.get("held_out", 0.1),
                           seed=spec.extra.get("split_seed", 0))[1]

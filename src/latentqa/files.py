@@ -58,3 +58,15 @@ def atomic_dir(directory):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_hashes(paths) -> dict[str, str]:
+    """``{path: sha256 prefix}`` of each file, and of each JSON/JSONL file in each folder: what
+    a run records so that a later evaluation can check it sees the same data."""
+    import hashlib
+
+    out = {}
+    for p in map(Path, paths):
+        for f in sorted(p.glob("*.json*")) if p.is_dir() else [p]:
+            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+    return out

@@ -22,7 +22,9 @@ def register(subparsers) -> None:
                     "record's activations (real), another label's activations (shuffled), and "
                     "the record's activations read with the adapter off (untrained).")
     h.add_argument("--decoder", help="decoder directory (default: the shipped decoder)")
-    h.add_argument("--data", nargs="+", required=True, help="LatentQA files or folders")
+    h.add_argument("--data", nargs="+", required=True,
+                   help="LatentQA files or folders, as given to the training run (its "
+                        "held-out split is checked against the data hashes in the sidecar)")
     h.add_argument("--split", choices=["held-out", "all"], default="held-out",
                    help="held-out: the labels the decoder's training run held out (from its "
                         "sidecar, or --held-out/--split-seed); all: every pair")
@@ -50,14 +52,16 @@ def cmd_heldout(args) -> int:
 
     reader = load(args.decoder)
     spec = reader.spec
+    # read as the trainer reads (a folder: every data file in it), so the split can match
     data = load_data(args.data, system_recovery=spec.extra.get("system_recovery", True))
     if args.split == "held-out":
-        data = _held_out(data, spec, args)
+        data = _held_out(data, spec, args, args.data)
     dataset = LatentQADataset(data, reader.tokenizer, supervise=spec.supervise)
     idx = list(range(len(dataset)))
     random.Random(args.seed).shuffle(idx)
     if args.examples:
         idx = idx[: args.examples]
+    idx.sort(key=lambda i: dataset.lengths[i])  # similar lengths batch with little padding
     totals = heldout_losses(reader.model, dataset, Collator(reader.tokenizer), idx,
                             layer=spec.read_layer, write_layer=spec.write_layer,
                             mode=spec.injection, batch_size=args.batch_size,
@@ -105,9 +109,21 @@ PERSONA_CONDITIONS = ("activations", "shuffled", "no_activations", "text_only",
                       "untrained_decoder")
 
 
-def _held_out(data, spec, args):
+def _held_out(data, spec, args, files):
+    """The labels the decoder's training run held out. The split is a function of the exact
+    label set, so the files must be the ones it trained on (checked by hash when recorded)."""
     from ..cli import UserError
     from ..data import split_by_label
+    from ..files import file_hashes
+
+    trained = spec.extra.get("data_files")
+    given = file_hashes(files)
+    if trained and sorted(trained.values()) != sorted(given.values()):
+        names = lambda d: ", ".join(Path(k).name for k in d)  # noqa: E731
+        raise UserError(
+            f"the held-out labels depend on the exact training data: this decoder was trained "
+            f"on {names(trained)}, but the files given differ ({names(given)}); pass the "
+            "training files, or --split all")
 
     held_out = getattr(args, "held_out", None)
     held_out = held_out if held_out is not None else spec.extra.get("held_out")
@@ -119,11 +135,11 @@ def _held_out(data, spec, args):
     return split_by_label(data, held_out=held_out, seed=seed)[1]
 
 
-PERSONA_FILES = ("system.json", "control.json", "stimulus.json", "stimulus_completion.json",
+LATENTQA_FILES = ("system.json", "control.json", "stimulus.json", "stimulus_completion.json",
                  "qa.json")
 
 
-def persona_files(paths) -> list[Path]:
+def latentqa_files(paths) -> list[Path]:
     """Files as given; a folder stands for the LatentQA files it holds by their usual names (so
     ``unlabeled_system.json`` and other extras beside them are not read)."""
     from ..cli import UserError
@@ -133,9 +149,9 @@ def persona_files(paths) -> list[Path]:
         if not p.is_dir():
             out.append(p)
             continue
-        found = [p / name for name in PERSONA_FILES if (p / name).is_file()]
+        found = [p / name for name in LATENTQA_FILES if (p / name).is_file()]
         if not found:
-            raise UserError(f"{p} holds none of {', '.join(PERSONA_FILES)}")
+            raise UserError(f"{p} holds none of {', '.join(LATENTQA_FILES)}")
         out += found
     return out
 
@@ -159,9 +175,10 @@ def cmd_persona(args) -> int:
     if args.choices < 2:
         raise UserError("--choices must be at least 2")
     reader = load(args.decoder, batch_size=args.batch_size)
-    data = load_data(persona_files(args.data), system_recovery=False)
+    files = latentqa_files(args.data)
+    data = load_data(files, system_recovery=False)
     if args.split == "held-out":
-        data = _held_out(data, reader.spec, args)
+        data = _held_out(data, reader.spec, args, files)
     items = build_items(data, choices=args.choices, seed=args.seed)
     if args.limit and len(items) > args.limit:
         items = sorted(random.Random(args.seed).sample(items, args.limit),

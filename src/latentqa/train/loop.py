@@ -11,7 +11,6 @@ sharded across ranks and FSDP reduces the gradients (``fsdp.py``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import random
@@ -34,7 +33,7 @@ from ..data import (
 from ..decoder import DecoderSpec, add_decoder_adapter, add_full_finetune_adapter, save_decoder
 from ..decoding import decoder_loss_sum, read_activations
 from ..evaluation.heldout import heldout_losses
-from ..files import write_json
+from ..files import file_hashes, write_json
 from ..models import load_config, load_model
 from . import checkpoint as ckpt
 from . import fsdp
@@ -81,15 +80,6 @@ def sample_layer(cfg: TrainConfig, step: int) -> int:
     if len(cfg.read_layers) == 1:
         return cfg.read_layers[0]
     return random.Random(cfg.seed * 1_000_003 + step).choice(cfg.read_layers)
-
-
-def file_hashes(paths) -> dict:
-    out = {}
-    for p in paths:
-        p = Path(p)
-        for f in sorted(p.glob("*.json*")) if p.is_dir() else [p]:
-            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
-    return out
 
 
 class Distributed:
