@@ -15,6 +15,7 @@ import time
 
 import pytest
 import torch
+from serve_helpers import random_decoder, serving
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -35,20 +36,10 @@ LIMITS = Limits(max_body_bytes=20_000, max_new_tokens=16, max_questions=4, max_c
 
 @pytest.fixture(scope="module")
 def reader(tiny_target, tmp_path_factory):
-    """The tiny target with a random (untrained, non-zero) LoRA decoder, loaded like the CLI."""
-    from latentqa.arch import model_info
-    from latentqa.decoder import DecoderSpec, add_decoder_adapter, save_decoder
-    from latentqa.models import load_model
+    """The tiny target with a random LoRA decoder, loaded like the CLI."""
     from latentqa.reading import load
 
-    model = load_model(str(tiny_target)).model
-    info = model_info(model)
-    spec = DecoderSpec(target=str(tiny_target), model_type=info.model_type,
-                       num_blocks=info.num_blocks, hidden_size=info.hidden_size,
-                       read_layer=2, write_layer=0, read_layers=[2])
-    torch.manual_seed(1)
-    decoder = add_decoder_adapter(model, r=4, init_lora_weights=False)
-    out = save_decoder(decoder, tmp_path_factory.mktemp("serve") / "decoder", spec)
+    out = random_decoder(tiny_target, tmp_path_factory.mktemp("serve") / "decoder")
     return load(out, str(tiny_target), batch_size=8)
 
 
@@ -236,23 +227,12 @@ def test_chat_completions_refusals(client, extra, param):
 
 def test_datagen_http_backend_against_the_server(reader):
     """`latentqa data generate`'s OpenAI backend, over a real loopback socket, with a token."""
-    import uvicorn
-
     from latentqa.datagen.backends import OpenAIBackend
     from latentqa.datagen.errors import BackendError
 
     app = create_app(reader, limits=LIMITS, token="s3cret")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 20
-        while not server.started and time.time() < deadline:
-            time.sleep(0.02)
-        base = f"http://127.0.0.1:{port}/v1"
+    with serving(app) as url:
+        base = f"{url}/v1"
         backend = OpenAIBackend(base, "target", api_key="s3cret", timeout=30, retries=0)
         messages = [{"role": "user", "content": "Write one question about cooking."}]
         first = backend.complete(messages, temperature=0.8, max_tokens=6, seed=5)
@@ -261,10 +241,6 @@ def test_datagen_http_backend_against_the_server(reader):
         wrong = OpenAIBackend(base, "target", api_key="nope", timeout=30, retries=0)
         with pytest.raises(BackendError, match="HTTP 401"):
             wrong.complete(messages, temperature=0.8, max_tokens=6, seed=5)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 # ---- steering adapters and jobs ----------------------------------------------------------------
@@ -533,3 +509,26 @@ def test_serves_the_shipped_decoder_on_smollm2():
         reply = c.post("/v1/chat/completions", json={"messages": DIALOG[:2],
                                                      "max_tokens": 8, "temperature": 0})
         assert reply.json()["choices"][0]["message"]["content"].strip()
+
+
+def test_data_generate_command_against_the_server(reader, tmp_path, monkeypatch, capsys):
+    """`latentqa data generate --base-url` drives a live inspector's /v1/chat/completions:
+    every generator request is answered by the target (a tiny random model writes no usable
+    behaviour, so the run ends by saying so, with the rejected outputs kept)."""
+    from latentqa.cli import main
+
+    app = create_app(reader, limits=LIMITS, token="s3cret")
+    monkeypatch.setenv("LQA_TEST_KEY", "s3cret")
+    out = tmp_path / "gen"
+    with serving(app) as url:
+        rc = main(["data", "generate", "--out", str(out), "--base-url", f"{url}/v1",
+                   "--model", "target", "--api-key-env", "LQA_TEST_KEY", "--no-progress",
+                   "--num-behaviours", "1", "--max-retries", "1", "--max-tokens", "12",
+                   "--http-backoff", "0.01"])
+    said = capsys.readouterr()
+    assert rc == 1 and "had no valid output" in said.out + said.err
+    rejected = [json.loads(line) for line in
+                (out / "work" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected and all(r["output"].strip() for r in rejected)  # the target's replies
+    # what was written is a consistent dataset of the labels that made it: none
+    assert "wrote 0 labels" in said.out and json.loads((out / "qa.json").read_text()) == {}

@@ -22,12 +22,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import torch
+from serve_helpers import random_decoder, serving
 
 httpx = pytest.importorskip("httpx")
 
@@ -80,18 +79,7 @@ def browser():
 @pytest.fixture(scope="module")
 def decoder_dir(tiny_target, tmp_path_factory):
     """A random (untrained, non-zero) LoRA decoder for the tiny target, saved like `train`."""
-    from latentqa.arch import model_info
-    from latentqa.decoder import DecoderSpec, add_decoder_adapter, save_decoder
-    from latentqa.models import load_model
-
-    model = load_model(str(tiny_target)).model
-    info = model_info(model)
-    spec = DecoderSpec(target=str(tiny_target), model_type=info.model_type,
-                       num_blocks=info.num_blocks, hidden_size=info.hidden_size,
-                       read_layer=2, write_layer=0, read_layers=[2])
-    torch.manual_seed(1)
-    decoder = add_decoder_adapter(model, r=4, init_lora_weights=False)
-    return save_decoder(decoder, tmp_path_factory.mktemp("browser") / "decoder", spec)
+    return random_decoder(tiny_target, tmp_path_factory.mktemp("browser") / "decoder")
 
 
 def free_port() -> int:
@@ -330,27 +318,6 @@ def test_chat_pick_ask_control_and_score_in_chromium(browser, served):
         assert errors == [], errors
 
 
-@contextlib.contextmanager
-def in_process_server(app):
-    """``app`` under uvicorn on a free loopback port, in a thread; yields the base URL."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def test_token_from_the_url_and_error_banners_in_chromium(browser, decoder_dir, tiny_target):
@@ -363,7 +330,7 @@ def test_token_from_the_url_and_error_banners_in_chromium(browser, decoder_dir, 
 
     reader = load(decoder_dir, str(tiny_target), batch_size=8)
     app = create_app(reader, limits=Limits(max_new_tokens=MAX_NEW_TOKENS), token="s3cret")
-    with in_process_server(app) as base, page_of(browser, "token") as (page, shot, responses,
+    with serving(app) as base, page_of(browser, "token") as (page, shot, responses,
                                                                           errors):
         page.goto(base + "/#token=s3cret")
         expect(page.locator("#status")).to_have_text("ready")

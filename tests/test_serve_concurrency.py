@@ -12,14 +12,13 @@ decoding makes the answers deterministic, so batched and alone must agree exactl
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from serve_helpers import random_decoder, serving
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -76,42 +75,11 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def reader(tiny_target, tmp_path_factory):
-    """The tiny target with a random (untrained, non-zero) LoRA decoder, as in test_serve."""
-    from latentqa.arch import model_info
-    from latentqa.decoder import DecoderSpec, add_decoder_adapter, save_decoder
-    from latentqa.models import load_model
+    """The tiny target with a random LoRA decoder, as in test_serve."""
     from latentqa.reading import load
 
-    model = load_model(str(tiny_target)).model
-    info = model_info(model)
-    spec = DecoderSpec(target=str(tiny_target), model_type=info.model_type,
-                       num_blocks=info.num_blocks, hidden_size=info.hidden_size,
-                       read_layer=2, write_layer=0, read_layers=[2])
-    torch.manual_seed(1)
-    decoder = add_decoder_adapter(model, r=4, init_lora_weights=False)
-    out = save_decoder(decoder, tmp_path_factory.mktemp("serve-conc") / "decoder", spec)
+    out = random_decoder(tiny_target, tmp_path_factory.mktemp("serve-conc") / "decoder")
     return load(out, str(tiny_target), batch_size=8)
-
-
-@contextlib.contextmanager
-def serving(app):
-    """``app`` under uvicorn on a free loopback port, in a thread; yields the base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def test_concurrent_reads_equal_sequential_reads(reader):
