@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..chat import render_dialog
+from ..chat import pad_rendered, render_dialog
 from ..reading.selection import Read
 from .errors import ApiError
 
@@ -184,14 +184,10 @@ class Engine:
             return results
         first = jobs[ok[0]]
         self.adapters.check(first.adapter)
-        prompts = [results[i] for i in ok]
-        width = max(len(p) for p in prompts)
         pad = self.reader.pad_id
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding: generation continues each row
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            attn[row, width - len(prompt):] = 1
+        # left padding: generation continues each row
+        ids, attn, _ = pad_rendered([results[i] for i in ok], pad, side="left")
+        width = ids.shape[1]
         kwargs = dict(max_new_tokens=first.max_tokens, pad_token_id=pad, do_sample=False)
         if first.temperature > 0:
             kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
@@ -210,7 +206,7 @@ class Engine:
             text, stopped = _cut_at_stop(text, jobs[i].stop)
             results[i] = {"content": text.strip(),
                           "finish_reason": "stop" if end is not None or stopped else "length",
-                          "prompt_tokens": len(prompts[row]),
+                          "prompt_tokens": int(attn[row].sum()),
                           "completion_tokens": len(kept) + (end is not None)}
         return results
 
