@@ -110,8 +110,10 @@ def test_steering_lowers_the_control_loss_and_leaves_the_decoder_alone(reader, t
                                                                        control_file, per_layer):
     dialog = [{"role": "user", "content": "Hello there"}]
     before = reader.score(dialog, QA[0][0], ["A cheerful chef who loves soup.", "A pirate."])
+    # the control loss alone (the fluency anchor, tested below, holds a tiny random target back)
     cfg = SteerConfig(steps=12, lr=3e-2, batch_size=2, lora_r=4, lora_alpha=8,
-                      per_layer=per_layer, reply_tokens=4, eval_tokens=6, log_every=100)
+                      per_layer=per_layer, reply_tokens=4, eval_tokens=6, log_every=100,
+                      fluency_weight=0.0)
     result = steer(reader, read_control_file(control_file), PROMPTS, tmp_path / "adapter",
                    config=cfg, log=lambda *_: None)
     assert len(result.losses) == 12
@@ -224,15 +226,20 @@ def test_serve_steer_runs_a_request_config(reader, tmp_path):
         serve_steer(reader, {"prompts": PROMPTS}, tmp_path)
 
 
+@pytest.mark.parametrize("tokens", ["read", "prompt"])
 def test_fluency_term_keeps_the_steered_target_closer_to_the_original(reader, tmp_path,
-                                                                      control_file):
+                                                                      control_file, tokens):
     """The KL anchor is zero at the start (a fresh LoRA changes nothing) and, at the same
-    learning rate, the anchored run drifts less from the unsteered target than the plain one."""
+    learning rate, the anchored run drifts less from the unsteered target, on the tokens it
+    anchors, than the plain one."""
+    from latentqa.steering.run import _batch, fluency_kl
+
     control = read_control_file(control_file)
     drift = {}
     for weight in (0.0, 20.0):
         cfg = SteerConfig(steps=10, lr=3e-2, batch_size=2, lora_r=4, lora_alpha=8,
-                          reply_tokens=4, eval_tokens=4, log_every=100, fluency_weight=weight)
+                          reply_tokens=4, eval_tokens=4, log_every=100, fluency_weight=weight,
+                          fluency_tokens=tokens)
         result = steer(reader, control, PROMPTS, tmp_path / f"w{weight}", config=cfg,
                        log=lambda *_: None, generate_eval=False)
         assert len(result.fluency_kl) == (10 if weight else 0)
@@ -240,13 +247,59 @@ def test_fluency_term_keeps_the_steered_target_closer_to_the_original(reader, tm
             assert result.fluency_kl[0] == pytest.approx(0.0, abs=1e-6)
         model = load_steering(reader.model, tmp_path / f"w{weight}", name=STEER_ADAPTER)
         try:
-            from latentqa.steering.run import _batch, fluency_kl
-
             dialogs = [[{"role": "user", "content": p}] for p in PROMPTS]
-            ids, attn, read = _batch(reader.tokenizer, dialogs, reader.pad_id, "cpu")
+            ids, attn, read, prompt = _batch(reader.tokenizer, dialogs, reader.pad_id, "cpu")
+            assert prompt.sum() < read.sum() and not (prompt & ~read).any()
             with torch.no_grad():
-                drift[weight] = float(fluency_kl(model, ids, attn, read))
+                drift[weight] = float(fluency_kl(model, ids, attn,
+                                                 read if tokens == "read" else prompt))
         finally:
             model.delete_adapter(STEER_ADAPTER)
     assert drift[0.0] > 0
     assert drift[20.0] < 0.5 * drift[0.0], drift
+
+
+def test_fluency_tokens_must_be_known(reader, tmp_path, control_file):
+    with pytest.raises(ValueError, match="fluency_tokens"):
+        steer(reader, read_control_file(control_file), PROMPTS, tmp_path,
+              config=SteerConfig(fluency_tokens="reply"), generate_eval=False)
+
+
+def test_one_steered_pass_gives_the_same_activations_and_anchor(reader):
+    """The training step reads the activations and the KL anchor's log-probs from one steered
+    forward pass; both, and their gradients, equal those of separate passes."""
+    from latentqa.activations import capture, recording
+    from latentqa.decoding import next_token_logprobs
+    from latentqa.steering.run import _batch, fluency_kl
+
+    model, layer = reader.model, reader.spec.read_layer
+    params = add_steering_adapter(model, range(layer + 1), r=4, alpha=8)
+    try:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in params:
+                p.add_(0.05 * torch.randn_like(p))
+        dialogs = [[{"role": "user", "content": p}] for p in PROMPTS[:3]]
+        ids, attn, read, prompt = _batch(reader.tokenizer, dialogs, reader.pad_id, "cpu")
+        grads = []
+        for combined in (False, True):
+            for p in params:
+                p.grad = None
+            with active(model, STEER_ADAPTER):
+                if combined:
+                    with recording(model, [layer]) as hidden:
+                        steered = next_token_logprobs(model, ids, attn, prompt)
+                else:
+                    hidden, steered = capture(model, ids, attn, layers=layer), None
+            kl = fluency_kl(model, ids, attn, prompt, steered)
+            (hidden[layer][read].pow(2).mean() + kl).backward()
+            grads.append(([hidden[layer].detach()], float(kl), [p.grad.clone() for p in params]))
+        (h0, kl0, g0), (h1, kl1, g1) = grads
+        assert kl0 > 0 and kl1 == pytest.approx(kl0, rel=1e-5)
+        assert torch.allclose(h0[0], h1[0], atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g0, g1))
+    finally:
+        model.base_model.set_adapter("default")
+        model.delete_adapter(STEER_ADAPTER)
+        for p in model.parameters():
+            p.requires_grad_(False)

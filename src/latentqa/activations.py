@@ -2,7 +2,8 @@
 
 ``capture`` runs the model only as far as the deepest block asked for (a hook stops the
 forward pass there) and returns the residual stream after each requested block, the same
-numbers transformers reports as ``hidden_states[k + 1]``.
+numbers transformers reports as ``hidden_states[k + 1]``. ``recording`` is the same hooks
+around any forward pass, for callers that need the rest of the model's output too.
 
 ``inject`` puts given vectors into the residual stream after block j at given positions,
 either replacing the hidden state (LatentQA) or adding the vector rescaled to the hidden
@@ -41,6 +42,40 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return pos.clamp(min=0)
 
 
+@contextlib.contextmanager
+def recording(model: torch.nn.Module, layers: Sequence[int], *, stop: bool = False):
+    """Record the residual stream after each block in ``layers`` during the forward passes run
+    inside: yields ``{k: [batch, seq, hidden]}``, filled as the blocks run, gradients kept.
+
+    With ``stop`` the pass ends after the deepest of them (``capture``); without, the model
+    runs on, so one pass gives both the activations and whatever the full model computes.
+    """
+    info = model_info(model)
+    wanted = sorted({info.check_layer(k) for k in layers})
+    if not wanted:
+        raise ValueError("capture needs at least one layer")
+    _, blocks = find_blocks(model)
+    stop_at = wanted[-1] if stop else None
+    found: dict[int, torch.Tensor] = {}
+
+    def make_hook(k):
+        def hook(_module, _args, output):
+            found[k] = _hidden(output)
+            if k == stop_at:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[k].register_forward_hook(make_hook(k)) for k in wanted]
+    try:
+        yield found
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def capture(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -54,37 +89,15 @@ def capture(
     No compute is spent after the deepest requested block. Gradients flow if enabled, so a
     trainable target (steering) can be optimised through its captured activations.
     """
-    info = model_info(model)
-    single = isinstance(layers, int)
-    wanted = sorted({info.check_layer(k) for k in ([layers] if single else layers)})
-    if not wanted:
-        raise ValueError("capture needs at least one layer")
+    wanted = [layers] if isinstance(layers, int) else list(layers)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if position_ids is None:
         position_ids = position_ids_from_mask(attention_mask)
-    _, blocks = find_blocks(model)
-    stop_at = wanted[-1]
-    found: dict[int, torch.Tensor] = {}
-
-    def make_hook(k):
-        def hook(_module, _args, output):
-            found[k] = _hidden(output)
-            if k == stop_at:
-                raise _StopForward
-
-        return hook
-
-    handles = [blocks[k].register_forward_hook(make_hook(k)) for k in wanted]
-    try:
+    with recording(model, wanted, stop=True) as found:
         model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
               use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return {k: found[k] for k in wanted}
+    return dict(sorted(found.items()))
 
 
 def gather(hidden: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:

@@ -38,7 +38,7 @@ def read_activations(model, input_ids, attention_mask, read_mask, layer: int, *,
     return gather(hidden, read_mask)
 
 
-def _body_and_head(model):
+def body_and_head(model):
     """The model without its lm_head, and the head (works through peft wrappers)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings(), base.config
@@ -51,7 +51,7 @@ def labelled_logprobs(model, input_ids, attention_mask, labels, *, placeholder_m
     Returns ``(logp, positions)``: ``logp[i]`` is log p(labels[b, t] | ids[b, :t]) for the i-th
     labelled (b, t) in row-major order, listed in ``positions`` ([n, 2]).
     """
-    body, head, config = _body_and_head(model)
+    body, head, config = body_and_head(model)
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX  # position t-1 predicts token t
     positions = keep.nonzero()
@@ -65,12 +65,26 @@ def labelled_logprobs(model, input_ids, attention_mask, labels, *, placeholder_m
     return _target_logprobs(head, config, hidden[:, :-1][keep], targets[keep]), positions
 
 
-def _target_logprobs(head, config, hidden, targets):
+def _logits(head, config, hidden):
     logits = head(hidden).float()
     cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return -F.cross_entropy(logits, targets, reduction="none")
+    return logits
+
+
+def _target_logprobs(head, config, hidden, targets):
+    return -F.cross_entropy(_logits(head, config, hidden), targets, reduction="none")
+
+
+def next_token_logprobs(model, input_ids, attention_mask, positions) -> torch.Tensor:
+    """Log-softmax of the next-token distribution at the ``positions`` (a bool [batch, seq]
+    mask), ``[n, vocab]`` in row-major order; the lm_head runs only there."""
+    body, head, config = body_and_head(model)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask,
+                  position_ids=position_ids_from_mask(attention_mask),
+                  use_cache=False).last_hidden_state
+    return _logits(head, config, hidden[positions]).log_softmax(-1)
 
 
 @dataclass
@@ -106,7 +120,7 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
     injection; its KV cache is copied to each candidate, and only the candidates' own tokens
     run again. Scoring 5 candidates this way costs about a third of scoring them one by one.
     """
-    body, head, config = _body_and_head(model)
+    body, head, config = body_and_head(model)
     out: list[list[torch.Tensor]] = [[None] * len(g.probes) for g in groups]
     shared = [_shared_length(g) for g in groups]
     window = getattr(config, "sliding_window", None)

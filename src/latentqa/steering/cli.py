@@ -31,10 +31,15 @@ def register(subparsers) -> None:
     p.add_argument("--per-layer", action="store_true",
                    help="decode every block's output up to the read layer, each block trained "
                         "on its own loss (the paper's per-layer variant)")
-    p.add_argument("--fluency-weight", type=float, default=0.0,
-                   help="weight of a KL(unsteered || steered) term on the steering dialogs' "
-                        "tokens that keeps the target's language model close to the original "
-                        "(0: control loss only)")
+    p.add_argument("--fluency-weight", type=float, default=1.0,
+                   help="weight of a KL(unsteered || steered) term that keeps the target's "
+                        "language model close to the original (default: %(default)s; 0: the "
+                        "control loss alone, which at useful learning rates degrades the "
+                        "target)")
+    p.add_argument("--fluency-tokens", choices=("read", "prompt"), default="prompt",
+                   help="where the KL applies: the user's prompt only (default), or every read "
+                        "token, which also holds the reply to the unsteered one and so pulls "
+                        "against the steering")
     p.add_argument("--no-replies", action="store_true",
                    help="read the prompts alone, not also followed by the target's own reply")
     p.add_argument("--topic", help="comma-separated keywords whose mention rate is measured "
@@ -100,7 +105,8 @@ def cmd_steer(args) -> int:
         raise UserError(str(e)) from None
     cfg = SteerConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                       lora_r=args.lora_r, lora_alpha=2 * args.lora_r, per_layer=args.per_layer,
-                      fluency_weight=args.fluency_weight, with_replies=not args.no_replies,
+                      fluency_weight=args.fluency_weight, fluency_tokens=args.fluency_tokens,
+                      with_replies=not args.no_replies,
                       eval_tokens=args.eval_tokens,
                       seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)

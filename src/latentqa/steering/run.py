@@ -11,9 +11,12 @@ block l learns only from its own output's loss (the paper's per-layer variant).
 
 The control loss alone lets the target drift wherever the decoder's reading improves, and at
 learning rates strong enough to move behaviour that drift costs fluency. ``fluency_weight``
-adds KL(unsteered || steered) of the next-token distributions on the same dialogs' read
-tokens, the usual anchor of RL fine-tuning: the target may change what it says, but must keep
-predicting text the way it did.
+adds KL(unsteered || steered) of the next-token distributions on the same dialogs, the
+usual anchor of RL fine-tuning: the target may change what it says, but must keep predicting
+text the way it did. ``fluency_tokens`` says where: on every read token ("read"), which also
+holds the assistant's replies to the unsteered ones and so pulls against the steering itself,
+or on the user's prompt only ("prompt"), which keeps the language model without constraining
+what the assistant answers.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from pathlib import Path
 
 import torch
 
-from ..activations import capture, gather
+from ..activations import capture, gather, recording
 from ..arch import find_blocks
 from ..chat import pad_rendered, render_dialog
 from ..decoder import as_target
+from ..decoding import next_token_logprobs
 from .adapter import STEER_ADAPTER, SteerSpec, active, add_steering_adapter, save_steering
 from .control import Control
 from .generate import generate_replies
@@ -43,7 +47,8 @@ class SteerConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     per_layer: bool = False
-    fluency_weight: float = 0.0  # weight of KL(unsteered || steered) on the read tokens
+    fluency_weight: float = 1.0  # weight of KL(unsteered || steered); 0: control loss alone
+    fluency_tokens: str = "prompt"  # where the KL applies: the user "prompt" or all "read" tokens
     with_replies: bool = True  # also read the prompt followed by the target's own reply
     reply_tokens: int = 32
     eval_share: float = 0.25  # held-back prompts when no eval prompts are given
@@ -85,29 +90,33 @@ def _dialogs(prompts, replies):
 
 
 def _render(tokenizer, dialog):
-    """Ids and read mask: every token of the user turn and the reply (not the template's
-    default system prompt), through the generation prompt when the dialog ends with the user."""
+    """Ids, read mask and prompt mask. Read: every token of the user turn and the reply (not
+    the template's default system prompt), through the generation prompt when the dialog ends
+    with the user. Prompt: the user message's content tokens."""
     rendered = render_dialog(tokenizer, dialog, add_generation_prompt=dialog[-1]["role"] == "user")
     read = [i for i, m in enumerate(dialog) if m["role"] != "system"]
-    mask = rendered.mask(read, whole_turns=True)
-    return rendered.input_ids, mask
+    users = [i for i, m in enumerate(dialog) if m["role"] == "user"]
+    return rendered.input_ids, rendered.mask(read, whole_turns=True), rendered.mask(users)
 
 
 def _batch(tokenizer, dialogs, pad_id, device):
-    ids, attn, read = pad_rendered([_render(tokenizer, d) for d in dialogs], pad_id)
-    return ids.to(device), attn.to(device), read.to(device)
+    rows = [_render(tokenizer, d) for d in dialogs]
+    ids, attn, read = pad_rendered([(r[0], r[1]) for r in rows], pad_id)
+    _, _, prompt = pad_rendered([(r[0], r[2]) for r in rows], pad_id)
+    return ids.to(device), attn.to(device), read.to(device), prompt.to(device)
 
 
-def fluency_kl(model, ids, attn, positions) -> torch.Tensor:
+def fluency_kl(model, ids, attn, positions, steered: torch.Tensor | None = None) -> torch.Tensor:
     """Mean KL(unsteered || steered) of the next-token distribution at ``positions``; only the
-    steered side carries gradients."""
+    steered side carries gradients. ``steered``: its log-probs at ``positions`` if already
+    computed (the training step gets them from the same pass that reads the activations)."""
     with torch.no_grad(), as_target(model):
-        reference = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-    with active(model, STEER_ADAPTER):
-        steered = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-    return torch.nn.functional.kl_div(
-        steered[positions].float().log_softmax(-1), reference[positions].float().log_softmax(-1),
-        log_target=True, reduction="batchmean")
+        reference = next_token_logprobs(model, ids, attn, positions)
+    if steered is None:
+        with active(model, STEER_ADAPTER):
+            steered = next_token_logprobs(model, ids, attn, positions)
+    return torch.nn.functional.kl_div(steered, reference, log_target=True,
+                                      reduction="batchmean")
 
 
 def _detach_inputs(blocks):
@@ -133,6 +142,8 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
     cfg = config or SteerConfig()
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError("steps and batch_size must be at least 1")
+    if cfg.fluency_tokens not in ("read", "prompt"):
+        raise ValueError(f"fluency_tokens must be 'read' or 'prompt', got {cfg.fluency_tokens!r}")
     model, tok, spec = reader.model, reader.tokenizer, reader.spec
     device = next(model.parameters()).device
     read_layer = spec.read_layer
@@ -157,11 +168,19 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
         for step in range(1, cfg.steps + 1):
             chosen = [dialogs[rng.randrange(len(dialogs))] for _ in range(cfg.batch_size)]
             qa = [control.qa[rng.randrange(len(control.qa))] for _ in chosen]
-            ids, attn, read = _batch(tok, chosen, reader.pad_id, device)
+            ids, attn, read, prompt = _batch(tok, chosen, reader.pad_id, device)
+            anchored = read if cfg.fluency_tokens == "read" else prompt
+            steered = None
             with active(model, STEER_ADAPTER):
                 hooks = _detach_inputs(find_blocks(model)[1]) if cfg.per_layer else []
                 try:
-                    hidden = capture(model, ids, attn, layers=layers)
+                    # one steered pass gives the activations and the anchor's log-probs, unless
+                    # per-layer hooks cut the gradient the anchor must send through the blocks
+                    if cfg.fluency_weight > 0 and not cfg.per_layer:
+                        with recording(model, layers) as hidden:
+                            steered = next_token_logprobs(model, ids, attn, anchored)
+                    else:
+                        hidden = capture(model, ids, attn, layers=layers)
                 finally:
                     for h in hooks:
                         h.remove()
@@ -174,7 +193,8 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
                     loss = loss + (-logp.mean())
             loss = loss / len(layers)
             control_loss = float(loss.detach())
-            kl = fluency_kl(model, ids, attn, read) if cfg.fluency_weight > 0 else None
+            kl = (fluency_kl(model, ids, attn, anchored, steered) if cfg.fluency_weight > 0
+                  else None)
             if kl is not None:
                 loss = loss + cfg.fluency_weight * kl
             optimizer.zero_grad(set_to_none=True)
