@@ -25,7 +25,7 @@ def register(subparsers) -> None:
                                           "(default: a held-back quarter of --prompts)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=2.5e-4)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--per-layer", action="store_true",

@@ -42,7 +42,7 @@ from .loss import answer_logprob
 @dataclass
 class SteerConfig:
     steps: int = 50
-    lr: float = 5e-4
+    lr: float = 2.5e-4
     batch_size: int = 2
     lora_r: int = 16
     lora_alpha: int = 32
