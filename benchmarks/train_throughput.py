@@ -9,7 +9,8 @@ machine noise hits both alike:
   baseline  what the reference does: fp32, separate target and decoder copies, the full
             target forward (all blocks and the lm_head, hidden states of every layer),
             logits over the whole decoder sequence, batches in random order.
-Peak memory is measured in a fresh child process per side (RSS high-water mark).
+Peak memory is measured in a fresh child process per side (RSS high-water mark). Our side is
+also run with gradient checkpointing (the trainer's option), which trades speed for memory.
 The activation cache is timed too: a step whose target activations are cached against one
 that computes them.
 
@@ -55,10 +56,14 @@ def setup(args):
 
 
 class Ours:
-    def __init__(self, loaded, layer, write_layer, precision):
+    def __init__(self, loaded, layer, write_layer, precision, checkpointing=False):
         import latentqa
 
         self.model = latentqa.add_decoder_adapter(loaded.model)
+        if checkpointing:  # as the trainer's gradient_checkpointing option does
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.enable_input_require_grads()
         self.model.train()
         self.layer, self.write_layer, self.precision = layer, write_layer, precision
         self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
@@ -145,7 +150,7 @@ def main():
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--layer", type=int, default=14)
-    ap.add_argument("--child", choices=["ours", "baseline"])
+    ap.add_argument("--child", choices=["ours", "ours_checkpointing", "baseline"])
     args = ap.parse_args()
 
     from latentqa.train.config import TrainConfig
@@ -157,27 +162,32 @@ def main():
                "baseline": [collate([dataset[i] for i in b]) for b in base_batches]}
 
     if args.child:
-        side = Ours(loaded, args.layer, 0, precision) if args.child == "ours" else \
-            Baseline(loaded, args.layer, 0)
-        for b in batches[args.child]:
+        if args.child == "baseline":
+            side = Baseline(loaded, args.layer, 0)
+        else:
+            side = Ours(loaded, args.layer, 0, precision,
+                        checkpointing=args.child == "ours_checkpointing")
+        for b in batches["baseline" if args.child == "baseline" else "ours"]:
             side.step(b)
         print(json.dumps({"peak_rss_bytes": peak_rss()}))
         return
 
     ours = Ours(copy.deepcopy(loaded), args.layer, 0, precision)  # its own copy, for the adapter
+    ours_gc = Ours(copy.deepcopy(loaded), args.layer, 0, precision, checkpointing=True)
     baseline = Baseline(loaded, args.layer, 0)
-    ours.step(batches["ours"][0])  # warm-up both
-    baseline.step(batches["baseline"][0])
-    seconds = {"ours": 0.0, "baseline": 0.0}
-    for ob, bb in zip(batches["ours"], batches["baseline"]):
-        t = time.perf_counter()
-        ours.step(ob)
-        seconds["ours"] += time.perf_counter() - t
-        t = time.perf_counter()
-        baseline.step(bb)
-        seconds["baseline"] += time.perf_counter() - t
-    n_tokens = {side: sum(tokens(b) for b in batches[side]) for side in batches}
+    sides = {"ours": (ours, "ours"), "ours_checkpointing": (ours_gc, "ours"),
+             "baseline": (baseline, "baseline")}
+    for side, data in sides.values():  # warm-up
+        side.step(batches[data][0])
+    seconds = dict.fromkeys(sides, 0.0)
+    for k in range(args.steps):
+        for name, (side, data) in sides.items():
+            t = time.perf_counter()
+            side.step(batches[data][k])
+            seconds[name] += time.perf_counter() - t
+    n_tokens = {name: sum(tokens(b) for b in batches[data]) for name, (_, data) in sides.items()}
     tps = {side: n_tokens[side] / seconds[side] for side in seconds}
+    del ours_gc
 
     # the activation cache: the same batches, first filling the cache, then reading it
     keys = [[("ex", i) for i in b] for b in our_batches]
@@ -192,7 +202,7 @@ def main():
         cache_times["on"].append(time.perf_counter() - t)
 
     del baseline, ours
-    peaks = {side: peak_child(side, args) for side in ("ours", "baseline")}
+    peaks = {side: peak_child(side, args) for side in ("ours", "ours_checkpointing", "baseline")}
     print(json.dumps({
         "model": args.model, "batch": args.batch, "steps": args.steps,
         "precision_ours": precision, "precision_baseline": "fp32",
@@ -201,6 +211,10 @@ def main():
         "speedup": round(tps["ours"] / tps["baseline"], 3),
         "peak_rss_bytes": peaks,
         "memory_ratio": round(peaks["ours"] / peaks["baseline"], 3),
+        # the trainer's gradient_checkpointing option: memory for recomputation
+        "checkpointing": {
+            "speedup": round(tps["ours_checkpointing"] / tps["baseline"], 3),
+            "memory_ratio": round(peaks["ours_checkpointing"] / peaks["baseline"], 3)},
         "cache_step_s": {k: round(sum(v) / len(v), 3) for k, v in cache_times.items()},
         "cache_speedup": round(sum(cache_times["off"]) / sum(cache_times["on"]), 3),
         "torch_threads": torch.get_num_threads(),

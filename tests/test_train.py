@@ -51,6 +51,8 @@ def _cli(args, env_extra=None, **kw):
     ("read_layers=[99]", "layer 99 is out of range for a model with 30 blocks"),
     ("write_layer=x", "write_layer: expected an integer"),
     ("distributed=fdsp", "distributed must be one of ('ddp', 'fsdp'), got 'fdsp'"),
+    ("relation_share=0.2", "relation_share > 0 needs relation_data"),
+    ("init_decoder=/no/such/dir", "init_decoder: /no/such/dir holds no adapter_model"),
 ])
 def test_bad_config_refused_before_any_model_loads(monkeypatch, capsys, override, message):
     import latentqa.models
@@ -232,3 +234,30 @@ def test_full_finetune_trains_copies_of_the_blocks_and_resumes(tiny_target, tmp_
     assert {k for k in original if k.startswith("model.layers.") or k == "model.norm.weight"} \
         == set(copies)
     assert all(not torch.equal(v, original[k]) for k, v in copies.items() if "proj" in k)
+
+
+def test_continued_training_starts_from_the_given_decoder_with_relation_records(
+        tiny_target, tiny_decoder, tmp_path):
+    relations = str(Path(__file__).parent / "fixtures" / "triples")
+    start = load_file(str(tiny_decoder / "adapter_model.safetensors"))
+    runs = {}
+    for name, extra in (("scratch", {}), ("continued", {"init_decoder": str(tiny_decoder)})):
+        out = tmp_path / name
+        # a vanishing learning rate: the saved adapter is where training started
+        assert main(["train", *_args(tiny_target, out, max_steps=1, lr=1e-12, warmup_steps=0,
+                                     relation_share=0.2, relation_data=json.dumps([relations]),
+                                     **extra)]) == 0
+        runs[name] = _adapter(out)
+    for key, value in start.items():
+        assert torch.allclose(runs["continued"][key], value, atol=1e-6), key
+    assert any(not torch.allclose(runs["scratch"][k], v, atol=1e-6) for k, v in start.items())
+    spec = json.loads((tmp_path / "continued" / "decoder" / "latentqa_decoder.json").read_text())
+    assert spec["extra"]["trained_relations"] == ["animal_sound", "country_capital"]
+    assert spec["extra"]["init_decoder"] == str(tiny_decoder)
+
+
+def test_init_decoder_of_another_shape_is_refused(tiny_target, tiny_decoder, tmp_path, capsys):
+    args = _args(tiny_target, tmp_path / "run", lora_r=8, init_decoder=str(tiny_decoder))
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert "init_decoder" in err and "r=4" in err and "Traceback" not in err

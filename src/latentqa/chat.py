@@ -53,6 +53,15 @@ class RenderedDialog:
         idx = [i for i, m in enumerate(self.message_index) if m == message]
         return (idx[0], idx[-1] + 1) if idx else (0, 0)
 
+    def char_tokens(self, message: int, start: int, end: int) -> tuple[int, int] | None:
+        """[first, last + 1) of the tokens overlapping characters [start, end) of one message's
+        content, or None when no token does (the span was cut off, or is empty)."""
+        base = self.char_spans[message][0]
+        a, b = base + start, base + end
+        hit = [i for i, (s, e) in enumerate(self.offsets)
+               if self.message_index[i] == message and s < b and e > a]
+        return (hit[0], hit[-1] + 1) if hit else None
+
     def mask(self, messages: Sequence[int], *, whole_turns: bool = False) -> torch.Tensor:
         """Bool mask over tokens of the given messages: their contents, or whole turns."""
         keep = set(messages)

@@ -70,3 +70,21 @@ def file_hashes(paths) -> dict[str, str]:
         for f in sorted(p.glob("*.json*")) if p.is_dir() else [p]:
             out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
     return out
+
+
+def files_in(paths, pattern: str) -> list[Path]:
+    """Files as given; a folder stands for the files below it matching ``pattern`` (a
+    ``Path.glob`` pattern such as ``*.tsv`` or ``**/*.json``), sorted. A folder with none, or a
+    path that does not exist, raises ``FileNotFoundError`` naming it."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.glob(pattern) if q.is_file())
+            if not found:
+                raise FileNotFoundError(f"{p} holds no {pattern.rsplit('/', 1)[-1]} files")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return out

@@ -21,6 +21,14 @@ from .records import (
 from .sampler import LengthGroupedBatchSampler
 from .splits import is_held_out, split_by_label, split_labels
 from .stats import compute_stats
+from .triples import (
+    EVALUATED_RELATIONS,
+    Triples,
+    add_relation_records,
+    load_triples,
+    question_for,
+    read_triples,
+)
 
 __all__ = [
     "Collator", "DataError", "Problem",
@@ -32,4 +40,6 @@ __all__ = [
     "KIND_READ", "KINDS", "SYSTEM_RECOVERY_QUESTION", "Pair", "Record", "label_family",
     "LengthGroupedBatchSampler", "is_held_out", "split_by_label", "split_labels",
     "compute_stats",
+    "EVALUATED_RELATIONS", "Triples", "add_relation_records", "load_triples", "question_for",
+    "read_triples",
 ]

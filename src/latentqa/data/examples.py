@@ -43,7 +43,15 @@ def render_target(tokenizer, record: Record, *, max_tokens: int | None = None) -
                              max_tokens=max_tokens)
     # Whole turns: a read turn's role header and end marker are read too (they carry the
     # model's state at those points); turn_index gives the injected default system prompt -1.
-    read_mask = rendered.mask(record.read, whole_turns=True)
+    if record.read_span is None:
+        read_mask = rendered.mask(record.read, whole_turns=True)
+    else:
+        span = rendered.char_tokens(record.read[0], *record.read_span)
+        if span is None:
+            raise ValueError(f"{record.source or 'record'} #{record.index}: no token covers "
+                             f"characters {record.read_span} of message {record.read[0]}")
+        read_mask = torch.zeros(len(rendered.input_ids), dtype=torch.bool)
+        read_mask[span[1] - 1] = True
     return TargetInput(torch.tensor(rendered.input_ids, dtype=torch.long), read_mask)
 
 

@@ -52,6 +52,9 @@ class Record:
     generation_prompt: bool = False  # render the target with the assistant's generation prompt
     source: str = ""  # file it came from
     index: int = -1  # record index in that file
+    # Characters [start, end) of the one read message: only the last token overlapping them is
+    # read (a subject's last token, as Patchscopes reads it). None: whole turns are read.
+    read_span: tuple[int, int] | None = None
 
     @classmethod
     def from_dialog(cls, messages, read=None, *, label: str = "", generation_prompt=None,

@@ -6,6 +6,7 @@ full result, which ``latentqa eval report`` turns into Markdown tables and plots
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..files import write_json
@@ -298,12 +299,19 @@ def cmd_relations(args) -> int:
     layers = parse_layers(args.layers) if args.layers else [reader.spec.read_layer]
     for layer in layers:
         reader.info.check_layer(layer, "read layer")
+    # zero-shot or not: a decoder trained on relation files of the same name has seen them
+    trained = set((reader.spec.extra or {}).get("trained_relations") or ())
+    seen = sorted(trained & {r.name for r in relations})
+    if seen:
+        print(f"warning: the decoder was trained on {', '.join(seen)}: not zero-shot",
+              file=sys.stderr)
     ev = RelationsEval(reader, read=args.read, batch_size=args.batch_size, seed=args.seed,
                        test_fraction=args.test_fraction)
     with tqdm(total=ev.rows(relations, layers), desc="generating", unit="answer") as bar:
         ev.progress = bar.update
         result = ev.run(relations, layers)
-    result.update({"decoder": reader.decoder_path, "limit": args.limit})
+    result.update({"decoder": reader.decoder_path, "limit": args.limit,
+                   "trained_relations": sorted(trained), "not_zero_shot": seen})
     print_relations(result)
     if args.json:
         write_json(args.json, result)

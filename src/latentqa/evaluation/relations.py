@@ -41,6 +41,7 @@ from ..chat import pad_rendered, render_dialog
 from ..data.errors import DataError, Problem
 from ..decoder import as_target
 from ..decoding import generate_answers
+from ..files import files_in
 from ..reading.selection import Read
 from .probe import LinearProbe
 from .stats import mcnemar_exact, summarize
@@ -89,18 +90,7 @@ class Relation:
 
 def relation_files(paths) -> list[Path]:
     """TSV files as given; a folder stands for the ``*.tsv`` files in it, sorted."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.glob("*.tsv"))
-            if not found:
-                raise FileNotFoundError(f"{p} holds no .tsv files")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
-    return out
+    return files_in(paths, "*.tsv")
 
 
 def find_subject(context: str, subject: str) -> tuple[int, int] | None:
@@ -223,13 +213,10 @@ def subject_tokens(tokenizer, fact: Fact, max_tokens=None) -> tuple[int, int]:
     characters), rendered as the Reader renders it."""
     rendered = render_dialog(tokenizer, dialog(fact), add_generation_prompt=True,
                              max_tokens=max_tokens)
-    base = rendered.char_spans[0][0]
-    a, b = base + fact.start, base + fact.end
-    hit = [i for i, (s, e) in enumerate(rendered.offsets)
-           if rendered.message_index[i] == 0 and s < b and e > a]
-    if not hit:
+    span = rendered.char_tokens(0, fact.start, fact.end)
+    if span is None:
         raise ValueError(f"{fact.where}: no token covers the subject {fact.subject!r}")
-    return hit[0], hit[-1] + 1
+    return span
 
 
 def selection(tokenizer, fact: Fact, read: str = "last", max_tokens=None) -> Read:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
+from ..data.triples import EVALUATED_RELATIONS
+
 PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
 SCHEDULES = ("cosine", "linear", "constant")
 CACHE_MODES = ("off", "memory", "disk")
@@ -33,6 +35,11 @@ class TrainConfig:
     split_seed: int = 0
     system_recovery: bool = True
     plain_share: float = 0.0  # share of pairs on plain-assistant dialogs (data/plain.py)
+    # relational-knowledge records (data/triples.py): relation files or folders, their share of
+    # the training pairs, and relations left out (default: the ones `eval relations` scores)
+    relation_data: list[str] = field(default_factory=list)
+    relation_share: float = 0.0
+    relation_exclude: list[str] = field(default_factory=lambda: list(EVALUATED_RELATIONS))
     max_tokens: int = 1024  # longest target dialog or decoder prompt; longer records are skipped
     # where to read and write
     read_layers: list[int] = field(default_factory=lambda: [14])  # one sampled per step
@@ -50,6 +57,9 @@ class TrainConfig:
     # (original, copy, its gradients, two AdamW moments) against about once for LoRA; the saved
     # decoder holds the copy. Embeddings and lm_head (tied or not) stay frozen. lora_* ignored.
     full_finetune: bool = False
+    # start the LoRA from a decoder directory written by `latentqa train` (same r and target
+    # modules) instead of from scratch: continued training
+    init_decoder: str = ""
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-4
@@ -201,6 +211,17 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
     need(0 <= cfg.held_out < 1, f"held_out must be in [0, 1), got {cfg.held_out}")
     need(0 <= cfg.plain_share < 1, f"plain_share must be in [0, 1), got {cfg.plain_share}")
+    need(0 <= cfg.relation_share < 1,
+         f"relation_share must be in [0, 1), got {cfg.relation_share}")
+    need(cfg.relation_share == 0 or cfg.relation_data,
+         "relation_share > 0 needs relation_data (relation files or folders)")
+    for p in cfg.relation_data:
+        need(Path(p).exists(), f"relation_data: {p} does not exist")
+    if cfg.init_decoder:
+        need((Path(cfg.init_decoder) / "adapter_model.safetensors").is_file(),
+             f"init_decoder: {cfg.init_decoder} holds no adapter_model.safetensors (give a "
+             "decoder directory written by latentqa train)")
+        need(not cfg.full_finetune, "init_decoder works with LoRA, not full_finetune")
     need(cfg.read_layers, "read_layers: give at least one layer")
     need(cfg.injection in ("replace", "norm_add"),
          f"injection must be 'replace' or 'norm_add', got {cfg.injection!r}")

@@ -27,7 +27,9 @@ from ..data import (
     LatentQADataset,
     LengthGroupedBatchSampler,
     add_plain_dialogs,
+    add_relation_records,
     load_data,
+    load_triples,
     split_by_label,
 )
 from ..decoder import DecoderSpec, add_decoder_adapter, add_full_finetune_adapter, save_decoder
@@ -157,6 +159,9 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
         train_data, eval_data = split_by_label(data, held_out=cfg.held_out, seed=cfg.split_seed)
     # from training labels only: held-out records' user turns stay unseen
     train_data = add_plain_dialogs(train_data, cfg.plain_share, seed=cfg.seed)
+    triples = load_triples(cfg.relation_data, exclude=cfg.relation_exclude) \
+        if cfg.relation_share else []
+    train_data = add_relation_records(train_data, triples, cfg.relation_share, seed=cfg.seed)
 
     # model: one copy of the weights; the adapter off is the target
     weights_dtype = "bf16" if precision == "bf16" else "fp32"
@@ -175,6 +180,8 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
     model.train()
     if state is not None:
         _load_adapter_weights(model, found[-1])  # before sharding: FSDP shards what it finds
+    elif cfg.init_decoder:
+        _init_from_decoder(model, Path(cfg.init_decoder), cfg)
     if sharded:
         fsdp.shard(model, device, ddp.world)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -340,7 +347,9 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
     spec.extra = {"trained_steps": step, "data_files": summary["data_files"],
                   "final_metrics": summary["final"], "held_out": cfg.held_out,
                   "split_seed": cfg.split_seed, "system_recovery": cfg.system_recovery,
-                  "plain_share": cfg.plain_share}
+                  "plain_share": cfg.plain_share, "init_decoder": cfg.init_decoder,
+                  "relation_share": cfg.relation_share,
+                  "trained_relations": sorted({t.name for t in triples})}
     saved = _saveable(model, sharded, ddp.main)
     if ddp.main:
         save_decoder(saved, out_dir / "decoder", spec)
@@ -371,7 +380,25 @@ def _load_adapter_weights(model, directory: Path) -> None:
     from safetensors.torch import load_file
 
     weights = load_file(str(Path(directory) / "adapter_model.safetensors"))
-    set_peft_model_state_dict(model, weights)
+    result = set_peft_model_state_dict(model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise ConfigError(f"{directory}: adapter weights that fit no module of this model: "
+                          f"{result.unexpected_keys[:3]}")
+
+
+def _init_from_decoder(model, directory: Path, cfg: TrainConfig) -> None:
+    """Continued training: the LoRA weights of an earlier decoder, whose adapter must have the
+    shape this config asks for."""
+    import json
+
+    written = json.loads((directory / "adapter_config.json").read_text())
+    ours = model.peft_config["default"]
+    if written.get("r") != ours.r or set(written.get("target_modules") or ()) != \
+            set(ours.target_modules or ()):
+        raise ConfigError(f"init_decoder: {directory} has LoRA r={written.get('r')} on "
+                          f"{sorted(written.get('target_modules') or ())}; this config makes "
+                          f"r={ours.r} on {sorted(ours.target_modules or ())}")
+    _load_adapter_weights(model, directory)
 
 
 def evaluate(model, eval_set, collate, cfg, precision, device, ddp, sharded=False) -> dict:
