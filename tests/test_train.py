@@ -52,6 +52,7 @@ def _cli(args, env_extra=None, **kw):
     ("write_layer=x", "write_layer: expected an integer"),
     ("distributed=fdsp", "distributed must be one of ('ddp', 'fsdp'), got 'fdsp'"),
     ("relation_share=0.2", "relation_share > 0 needs relation_data"),
+    ("system_swaps=-1", "system_swaps must be >= 0, got -1"),
     ("init_decoder=/no/such/dir", "init_decoder: /no/such/dir holds no adapter_model"),
 ])
 def test_bad_config_refused_before_any_model_loads(monkeypatch, capsys, override, message):
@@ -236,7 +237,7 @@ def test_full_finetune_trains_copies_of_the_blocks_and_resumes(tiny_target, tmp_
     assert all(not torch.equal(v, original[k]) for k, v in copies.items() if "proj" in k)
 
 
-def test_continued_training_starts_from_the_given_decoder_with_relation_records(
+def test_continued_training_starts_from_the_given_decoder_with_relation_records_and_swaps(
         tiny_target, tiny_decoder, tmp_path):
     relations = str(Path(__file__).parent / "fixtures" / "triples")
     start = load_file(str(tiny_decoder / "adapter_model.safetensors"))
@@ -246,7 +247,7 @@ def test_continued_training_starts_from_the_given_decoder_with_relation_records(
         # a vanishing learning rate: the saved adapter is where training started
         assert main(["train", *_args(tiny_target, out, max_steps=1, lr=1e-12, warmup_steps=0,
                                      relation_share=0.2, relation_data=json.dumps([relations]),
-                                     **extra)]) == 0
+                                     system_swaps=1, **extra)]) == 0
         runs[name] = _adapter(out)
     for key, value in start.items():
         assert torch.allclose(runs["continued"][key], value, atol=1e-6), key
@@ -254,6 +255,7 @@ def test_continued_training_starts_from_the_given_decoder_with_relation_records(
     spec = json.loads((tmp_path / "continued" / "decoder" / "latentqa_decoder.json").read_text())
     assert spec["extra"]["trained_relations"] == ["animal_sound", "country_capital"]
     assert spec["extra"]["init_decoder"] == str(tiny_decoder)
+    assert spec["extra"]["system_swaps"] == 1
 
 
 def test_init_decoder_of_another_shape_is_refused(tiny_target, tiny_decoder, tmp_path, capsys):

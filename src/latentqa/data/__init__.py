@@ -21,6 +21,7 @@ from .records import (
 from .sampler import LengthGroupedBatchSampler
 from .splits import is_held_out, split_by_label, split_labels
 from .stats import compute_stats
+from .swaps import SWAP_SOURCE, add_system_swaps
 from .triples import (
     EVALUATED_RELATIONS,
     Triples,
@@ -34,7 +35,7 @@ __all__ = [
     "Collator", "DataError", "Problem",
     "Example", "LatentQADataset", "TargetInput", "build_example", "render_target",
     "AO_LAYOUT", "LAYOUTS", "PAPER_LAYOUT", "ProbeLayout",
-    "PLAIN_LABEL", "PLAIN_QA", "add_plain_dialogs",
+    "PLAIN_LABEL", "PLAIN_QA", "add_plain_dialogs", "SWAP_SOURCE", "add_system_swaps",
     "LatentQAData", "load_data", "pair_up", "read_data", "validate",
     "IGNORE_INDEX", "Probe", "ProbeBuilder", "build_probe", "placeholder_token_id",
     "KIND_READ", "KINDS", "SYSTEM_RECOVERY_QUESTION", "Pair", "Record", "label_family",

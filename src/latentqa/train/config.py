@@ -35,6 +35,7 @@ class TrainConfig:
     split_seed: int = 0
     system_recovery: bool = True
     plain_share: float = 0.0  # share of pairs on plain-assistant dialogs (data/plain.py)
+    system_swaps: int = 0  # per system record: its user turn under another prompt (data/swaps.py)
     # relational-knowledge records (data/triples.py): relation files or folders, their share of
     # the training pairs, and relations left out (default: the ones `eval relations` scores)
     relation_data: list[str] = field(default_factory=list)
@@ -211,6 +212,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
     need(0 <= cfg.held_out < 1, f"held_out must be in [0, 1), got {cfg.held_out}")
     need(0 <= cfg.plain_share < 1, f"plain_share must be in [0, 1), got {cfg.plain_share}")
+    need(cfg.system_swaps >= 0, f"system_swaps must be >= 0, got {cfg.system_swaps}")
     need(0 <= cfg.relation_share < 1,
          f"relation_share must be in [0, 1), got {cfg.relation_share}")
     need(cfg.relation_share == 0 or cfg.relation_data,

@@ -28,6 +28,7 @@ from ..data import (
     LengthGroupedBatchSampler,
     add_plain_dialogs,
     add_relation_records,
+    add_system_swaps,
     load_data,
     load_triples,
     split_by_label,
@@ -157,7 +158,8 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
         eval_data = load_data(cfg.eval_data, system_recovery=cfg.system_recovery)
     else:
         train_data, eval_data = split_by_label(data, held_out=cfg.held_out, seed=cfg.split_seed)
-    # from training labels only: held-out records' user turns stay unseen
+    # from training labels only: held-out records' user turns and prompts stay unseen
+    train_data = add_system_swaps(train_data, cfg.system_swaps, seed=cfg.seed)
     train_data = add_plain_dialogs(train_data, cfg.plain_share, seed=cfg.seed)
     triples = load_triples(cfg.relation_data, exclude=cfg.relation_exclude) \
         if cfg.relation_share else []
@@ -347,7 +349,8 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
     spec.extra = {"trained_steps": step, "data_files": summary["data_files"],
                   "final_metrics": summary["final"], "held_out": cfg.held_out,
                   "split_seed": cfg.split_seed, "system_recovery": cfg.system_recovery,
-                  "plain_share": cfg.plain_share, "init_decoder": cfg.init_decoder,
+                  "plain_share": cfg.plain_share, "system_swaps": cfg.system_swaps,
+                  "init_decoder": cfg.init_decoder,
                   "relation_share": cfg.relation_share,
                   "trained_relations": sorted({t.name for t in triples})}
     saved = _saveable(model, sharded, ddp.main)
