@@ -47,7 +47,11 @@ class LatentQAData:
         """The records (and their pairs) whose label is in ``labels``."""
         keep = set(labels)
         records = [r for r in self.records if r.label in keep]
-        qa = {k: v for k, v in self.qa.items() if k in keep}
+        return self.with_records(records, {k: v for k, v in self.qa.items() if k in keep})
+
+    def with_records(self, records: list[Record], qa: dict | None = None) -> "LatentQAData":
+        """The same files and settings over other records (and QA), paired up again."""
+        qa = self.qa if qa is None else qa
         return LatentQAData(records, qa, pair_up(records, qa, self.system_recovery),
                             self.system_recovery, list(self.files))
 

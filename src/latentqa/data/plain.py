@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 
-from .loading import LatentQAData, pair_up
+from .loading import LatentQAData
 from .records import SYSTEM_RECOVERY_QUESTION, Record
 
 PLAIN_LABEL = "plain-assistant"
@@ -79,6 +79,4 @@ def add_plain_dialogs(data: LatentQAData, share: float, *, seed: int = 0) -> Lat
                                 index=i)
              for i, text in enumerate(chosen)]
     records = list(data.records) + plain
-    qa = {**data.qa, PLAIN_LABEL: list(PLAIN_QA)}
-    return LatentQAData(records, qa, pair_up(records, qa, data.system_recovery),
-                        data.system_recovery, list(data.files))
+    return data.with_records(records, {**data.qa, PLAIN_LABEL: list(PLAIN_QA)})

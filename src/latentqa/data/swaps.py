@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from .loading import LatentQAData, pair_up
+from .loading import LatentQAData
 from .records import Record
 
 SWAP_SOURCE = "system-swap"
@@ -48,6 +48,4 @@ def add_system_swaps(data: LatentQAData, per_record: int, *, seed: int = 0) -> L
             messages = (donor.messages[0],) + record.messages[1:]
             swaps.append(dataclasses.replace(record, messages=messages, label=donor.label,
                                              source=SWAP_SOURCE, index=len(swaps)))
-    records = list(data.records) + swaps
-    return LatentQAData(records, data.qa, pair_up(records, data.qa, data.system_recovery),
-                        data.system_recovery, list(data.files))
+    return data.with_records(list(data.records) + swaps)

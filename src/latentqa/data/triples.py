@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..files import files_in
 from .errors import DataError, Problem
-from .loading import LatentQAData, pair_up
+from .loading import LatentQAData
 from .records import Record
 
 RELATION_LABEL = "relation"  # labels are "relation-<name>-<n>"; their family is "other"
@@ -167,7 +167,4 @@ def add_relation_records(data: LatentQAData, triples: list[Triples], share: floa
         return data
     wanted = math.ceil(share * len(data.pairs) / (1.0 - share))
     extra, qa = relation_records(triples, wanted, seed=seed)
-    records = list(data.records) + extra
-    qa = {**data.qa, **qa}
-    return LatentQAData(records, qa, pair_up(records, qa, data.system_recovery),
-                        data.system_recovery, list(data.files))
+    return data.with_records(list(data.records) + extra, {**data.qa, **qa})
