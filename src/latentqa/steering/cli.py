@@ -24,8 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--eval-prompts", help="evaluation prompts, a file or a built-in set "
                                           "(default: a held-back quarter of --prompts)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--lr", type=float, default=2.5e-4)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1.5e-4)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--per-layer", action="store_true",

@@ -41,8 +41,8 @@ from .loss import answer_logprob
 
 @dataclass
 class SteerConfig:
-    steps: int = 50
-    lr: float = 2.5e-4
+    steps: int = 100
+    lr: float = 1.5e-4  # with 100 steps: +40 points or more on veganism in 4 of 4 seeds (README)
     batch_size: int = 2
     lora_r: int = 16
     lora_alpha: int = 32
