@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..files import write_json, write_jsonl, write_text
+from .run import SteerConfig
 
 
 def register(subparsers) -> None:
@@ -24,19 +25,20 @@ def register(subparsers) -> None:
     p.add_argument("--eval-prompts", help="evaluation prompts, a file or a built-in set "
                                           "(default: a held-back quarter of --prompts)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1.5e-4)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--steps", type=int, default=SteerConfig.steps)
+    p.add_argument("--lr", type=float, default=SteerConfig.lr)
+    p.add_argument("--batch-size", type=int, default=SteerConfig.batch_size)
+    p.add_argument("--lora-r", type=int, default=SteerConfig.lora_r)
     p.add_argument("--per-layer", action="store_true",
                    help="decode every block's output up to the read layer, each block trained "
                         "on its own loss (the paper's per-layer variant)")
-    p.add_argument("--fluency-weight", type=float, default=1.0,
+    p.add_argument("--fluency-weight", type=float, default=SteerConfig.fluency_weight,
                    help="weight of a KL(unsteered || steered) term that keeps the target's "
                         "language model close to the original (default: %(default)s; 0: the "
                         "control loss alone, which at useful learning rates degrades the "
                         "target)")
-    p.add_argument("--fluency-tokens", choices=("read", "prompt"), default="prompt",
+    p.add_argument("--fluency-tokens", choices=("read", "prompt"),
+                   default=SteerConfig.fluency_tokens,
                    help="where the KL applies: the user's prompt only (default), or every read "
                         "token, which also holds the reply to the unsteered one and so pulls "
                         "against the steering")
@@ -44,7 +46,8 @@ def register(subparsers) -> None:
                    help="read the prompts alone, not also followed by the target's own reply")
     p.add_argument("--topic", help="comma-separated keywords whose mention rate is measured "
                                    "(or 'vegan' for the built-in veganism set)")
-    p.add_argument("--eval-tokens", type=int, default=48, help="tokens per evaluation reply")
+    p.add_argument("--eval-tokens", type=int, default=SteerConfig.eval_tokens,
+                   help="tokens per evaluation reply")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--decoder", help="decoder directory (default: the shipped decoder)")
     p.add_argument("--target", help="target model (default: the decoder's)")
@@ -85,7 +88,7 @@ def cmd_steer(args) -> int:
     from .control import ControlError, load_control
     from .prompts import PromptsError, builtin_prompts, prompts_from
     from .report import markdown, measure
-    from .run import SteerConfig, steer
+    from .run import steer
 
     if args.steps < 1 or args.batch_size < 1 or args.lr <= 0 or args.fluency_weight < 0:
         raise UserError("--steps and --batch-size must be at least 1, --lr positive and "
