@@ -36,25 +36,20 @@ FILES = ("system.json", "control.json", "stimulus.json", "stimulus_completion.js
 LAMBDAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
-class Records:
-    """The part of LatentQAData that ``PersonaEval.activations`` reads."""
-
-    def __init__(self, records):
-        self.records = records
-
-
 def without_instruction(record: Record) -> Record:
     """The read turns alone: the instruction is not in the dialog at all."""
     return Record.from_dialog([record.messages[i] for i in record.read], label=record.label)
 
 
 class Readout:
-    def __init__(self, reader):
+    def __init__(self, reader, data):
         self.scorer = PersonaEval(reader, batch_size=16)
+        self.data = data  # any LatentQAData: its with_records carries the records to score
         self.embeddings: dict[str, torch.Tensor] = {}
 
     def pooled(self, records) -> torch.Tensor:
-        acts = self.scorer.activations(Records(records), list(range(len(records))))
+        acts = self.scorer.activations(self.data.with_records(records, {}),
+                                       list(range(len(records))))
         return torch.stack([acts[i].float().mean(0) for i in range(len(records))])
 
     def embed(self, texts) -> torch.Tensor:
@@ -91,10 +86,10 @@ def main() -> None:
     ap.add_argument("--layer", type=int, help="read after this block instead")
     args = ap.parse_args()
 
-    readout = Readout(load(args.decoder, batch_size=16))
+    data = load_data([f"{args.data}/{f}" for f in FILES], system_recovery=False)
+    readout = Readout(load(args.decoder, batch_size=16), data)
     if args.layer is not None:
         readout.scorer.spec = dataclasses.replace(readout.scorer.spec, read_layer=args.layer)
-    data = load_data([f"{args.data}/{f}" for f in FILES], system_recovery=False)
     train, test = split_by_label(data, 0.1, 0)  # the shipped decoder's held-out labels
     first = {label: pairs[0][1] for label, pairs in data.qa.items() if pairs}
 
@@ -104,9 +99,11 @@ def main() -> None:
     # fit on four fifths of the training labels, choose the ridge strength on the rest
     records = [r for r in train.records if r.kind == args.kind and r.label in first]
     fit_labels, val_labels = map(set, split_labels({r.label for r in records}, 0.2, 1))
-    val, tests = train.subset(val_labels), test
-    val_items, test_items = items_of(val), items_of(tests)
-    fit_records = [r for r in records if r.label in fit_labels]
+    val = train.subset(val_labels)
+    val_items, test_items = items_of(val), items_of(test)
+    fit_rows = [k for k, r in enumerate(records) if r.label in fit_labels]
+    row_of = {id(r): k for k, r in enumerate(records)}  # val records are training records
+    val_rows = [row_of[id(val.records[i.record])] for i in val_items]
     rng = random.Random(7)
     donors = []
     for item in test_items:
@@ -117,16 +114,15 @@ def main() -> None:
 
     out = {"kind": args.kind, "layer": readout.scorer.spec.read_layer,
            "train_records": len(records), "test_records": len(test_items)}
+    y = readout.embed([first[r.label] for r in records])
     for name, view in (("activations", lambda r: r), ("without_instruction", without_instruction)):
-        x_fit = readout.pooled([view(r) for r in fit_records])
-        y_fit = readout.embed([first[r.label] for r in fit_records])
-        x_val = readout.pooled([view(val.records[i.record]) for i in val_items])
-        scores = {lam: readout.accuracy(fit_ridge(x_fit, y_fit, lam), x_val, val_items)
+        x = readout.pooled([view(r) for r in records])
+        scores = {lam: readout.accuracy(fit_ridge(x[fit_rows], y[fit_rows], lam), x[val_rows],
+                                        val_items)
                   for lam in LAMBDAS}
         lam = max(LAMBDAS, key=scores.__getitem__)
-        x_all = readout.pooled([view(r) for r in records])
-        model = fit_ridge(x_all, readout.embed([first[r.label] for r in records]), lam)
-        x_test = readout.pooled([view(tests.records[i.record]) for i in test_items])
+        model = fit_ridge(x, y, lam)
+        x_test = readout.pooled([view(test.records[i.record]) for i in test_items])
         out[name] = {"lambda": lam, "validation_accuracy": scores[lam],
                      "test_accuracy": readout.accuracy(model, x_test, test_items)}
         if name == "activations":
