@@ -51,7 +51,7 @@ def test_malformed_relation_files_are_refused_naming_file_and_field(tmp_path, co
     assert "broken.json" in str(e.value) and where in str(e.value)
 
 
-def test_question_is_the_template_about_this_domain_and_the_answer_completes_it():
+def test_question_is_a_natural_question_about_this_domain_and_the_answer_completes_it():
     from latentqa.data.triples import answer_for
 
     assert answer_for("The capital of {} is", "country", "Lima") == \
@@ -59,7 +59,13 @@ def test_question_is_the_template_about_this_domain_and_the_answer_completes_it(
     assert answer_for("What tool is used for {}? Usually, you need a", "task", "saw") == \
         "Usually, you need a saw."
     assert question_for("The capital of {} is", "country") == \
-        "The capital of this country is what?"
+        "What is the capital of this country?"
+    assert question_for("{}'s official currency is called the", "country") == \
+        "What is this country's official currency?"
+    assert question_for("What tool is used for {}? Usually, you need a", "task") == \
+        "What tool is used for this task?"
+    assert question_for("On the outside, {} are", "fruit") == \
+        "On the outside, this fruit are what?"  # no noun phrase to ask about
     assert question_for("A {} typically works at a", "occupation") == \
         "This occupation typically works at a what?"
 
@@ -75,8 +81,8 @@ def test_records_are_drawn_round_robin_and_read_only_the_subjects_last_token(smo
     for record in records:
         (question, answer), = qa[record.label]
         name = record.label.split("-")[1]
-        assert question.endswith(" what?")
-        assert answer.endswith(".") and question[:-len(" what?")].endswith(answer.rsplit(" ", 1)[0])
+        assert question.endswith("?") and "this " in question
+        assert answer.endswith(".") and answer.rsplit(" ", 1)[0] not in ("", answer)
         assert answer.rsplit(" ", 1)[-1][:-1] in answers[name]
         text = record.messages[0]["content"]
         subject = text[slice(*record.read_span)]

@@ -10,7 +10,7 @@ shared ``relations/`` data):
   target   one user message that mentions the subject after a neutral lead-in; only the
            subject's last token is read (causal attention: it depends on nothing after it)
   question the relation's template about "this <domain>", asked as a question
-           ("The capital city of this country is what?")
+           ("What is the capital city of this country?")
   answer   the statement completed with the object ("The capital city of this country is
            Paris.")
 
@@ -113,9 +113,25 @@ def _about_this(template: str, domain: str) -> str:
 
 
 def question_for(template: str, domain: str) -> str:
-    """The template about "this <domain>", as a question: "People in {} speak" ->
-    "People in this country speak what?"."""
-    return _about_this(template, domain) + " what?"
+    """The template about "this <domain>", as the kind of question a user would ask.
+
+    A template that already holds one keeps it ("What tool is used for {}? Usually, you need
+    a" -> "What tool is used for this task?"); a statement about a noun phrase becomes a
+    what-question ("The capital of {} is" -> "What is the capital of this country?"); any
+    other statement gets "what?" appended ("People in {} speak" -> "People in this country
+    speak what?"). Natural questions matter: ``eval relations`` asks natural questions, and a
+    decoder trained only on "... is what?" repeated unfamiliar questions back instead of
+    answering them.
+    """
+    text = _about_this(template, domain)
+    if "? " in text:
+        return text.split("? ", 1)[0] + "?"
+    noun = re.fullmatch(r"((?:The|This \w+'s) .+?) (?:is|are)(?: called)?(?: the| a| an)?",
+                        text)
+    if noun:
+        phrase = noun.group(1)
+        return f"What is {phrase[0].lower()}{phrase[1:]}?"
+    return text + " what?"
 
 
 def answer_for(template: str, domain: str, obj: str) -> str:
