@@ -140,7 +140,8 @@ def _top1(scores, cases):
 
 
 @pytest.mark.xfail(strict=False, reason="the shipped decoder reads hidden system prompts weakly "
-                   "(0.54 vs 0.47 shuffled in eval persona); the target of issue 5 is a majority")
+                   "(0.58 vs 0.42 shuffled in eval persona, v0.3); the target of issue 5 is a "
+                   "majority")
 def test_shipped_decoder_reads_hidden_system_prompts(shipped):
     """The true description wins for most hidden prompts, and markedly less often when the
     decoder is given another dialog's activations."""
