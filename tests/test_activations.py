@@ -238,3 +238,44 @@ def test_one_copy_target_capture_with_adapter_disabled_equals_base(smollm2):
     # peft wraps the base weights in place: the decoder's non-LoRA parameters are the base's
     wrapped = {p.data_ptr() for n, p in decoder.named_parameters() if "lora_" not in n}
     assert wrapped == base_ptrs
+
+
+def test_folded_adapter_matches_the_adapter_and_restores_the_target_exactly():
+    from latentqa.decoder import folded_adapter
+
+    torch.manual_seed(0)
+    decoder = add_decoder_adapter(tiny_model("llama"), r=4, init_lora_weights=False).eval()
+    ids = torch.randint(3, 120, (2, 9))
+    before = {n: p.detach().clone() for n, p in decoder.named_parameters()}
+    with torch.no_grad():
+        with as_target(decoder):
+            target = decoder(input_ids=ids).logits
+        adapted = decoder(input_ids=ids).logits
+        with folded_adapter(decoder):
+            weight = decoder.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+            assert not any(torch.equal(weight, p) for p in before.values())  # really folded
+            folded = decoder(input_ids=ids).logits
+        torch.testing.assert_close(folded, adapted, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(folded, target, atol=1e-3)
+        with as_target(decoder):
+            assert torch.equal(decoder(input_ids=ids).logits, target)
+        assert torch.equal(decoder(input_ids=ids).logits, adapted)
+    for n, p in decoder.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_folded_adapter_stays_unfolded_with_gradients_or_without_memory():
+    from latentqa.decoder import folded_adapter
+
+    decoder = add_decoder_adapter(tiny_model("llama"), r=4, init_lora_weights=False)
+    q = decoder.base_model.model.model.layers[0].self_attn.q_proj
+    weight = q.base_layer.weight
+    with folded_adapter(decoder):  # gradients on: training must see the adapter
+        assert q.base_layer.weight is weight and not q.disable_adapters
+    with torch.no_grad(), folded_adapter(decoder, max_share=0.0):
+        assert q.base_layer.weight is weight and not q.disable_adapters
+    with torch.no_grad(), folded_adapter(decoder):
+        assert q.base_layer.weight is not weight and q.disable_adapters
+    assert q.base_layer.weight is weight and not q.disable_adapters
+    with torch.no_grad(), as_target(decoder), folded_adapter(decoder):  # the target wanted
+        assert q.base_layer.weight is weight and q.disable_adapters

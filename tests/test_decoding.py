@@ -84,3 +84,84 @@ def test_probes_without_a_shared_prefix_are_scored_alone():
         want = _one_by_one(model, [group])
     for w, g in zip(want[0], got[0]):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_unpackable_groups_are_scored_alone_with_the_same_numbers(monkeypatch):
+    # an attention kernel that ignores custom masks (flash attention) cannot run packed rows
+    from latentqa import decoding
+
+    model = tiny_model("llama")
+    groups = _groups(model.config.hidden_size)
+    calls = []
+    real = decoding._score_packed
+    monkeypatch.setattr(decoding, "_score_packed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        want = _one_by_one(model, groups)
+        model.config._attn_implementation = "flash_attention_2"
+        assert decoding._packable(model.config, groups, [1] * len(groups)) == [False] * 4
+        model.config._attn_implementation = "sdpa"
+        monkeypatch.setattr(decoding, "_packable", lambda config, g, s: [False] * len(g))
+        got = grouped_logprobs(model, groups, pad_id=0, write_layer=1)
+    assert not calls
+    for w_rows, g_rows in zip(want, got):
+        for w, g in zip(w_rows, g_rows):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_a_sliding_window_shorter_than_a_probe_is_not_packed():
+    model = tiny_model("mistral")
+    model.config.sliding_window = 14  # the groups' probes are up to 14, 18, 13 and 17 tokens
+    groups = _groups(model.config.hidden_size)
+    from latentqa.decoding import _packable, _shared_length
+
+    shared = [_shared_length(g) for g in groups]
+    assert _packable(model.config, groups, shared) == [True, False, True, False]
+    with torch.no_grad():
+        want = _one_by_one(model, groups)
+        got = grouped_logprobs(model, groups, pad_id=0, write_layer=1, batch_size=5)
+    for w_rows, g_rows in zip(want, got):
+        for w, g in zip(w_rows, g_rows):
+            torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+def test_block_mask_keeps_tails_apart():
+    from latentqa.decoding import _block_mask
+
+    segment = torch.tensor([[0, 0, 1, 1, 2, -1]])
+    allowed = _block_mask(segment, torch.float32)[0, 0] == 0
+    assert allowed[3].tolist() == [True, True, True, True, False, False]  # prefix + own tail
+    assert allowed[4].tolist() == [True, True, False, False, True, False]  # not tail 1
+    assert allowed[5].tolist() == [False] * 5 + [True]  # padding sees itself only
+    assert not allowed[1, 2]  # causal
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_a_common_opening_runs_once_and_scores_the_same(arch, monkeypatch):
+    # probes that open alike (the probe's chat header) share that part's cache across groups
+    from latentqa import decoding
+
+    model = tiny_model(arch)
+    g = torch.Generator().manual_seed(1)
+    opening = torch.randint(3, 120, (6,), generator=g).tolist()
+    groups = []
+    for n, answers in enumerate([[3, 5, 2], [4, 4], [7], [2, 6, 3, 1]]):
+        vectors = torch.randn(3, model.config.hidden_size, generator=g) * 3
+        rest = torch.randint(3, 120, (4 + n,), generator=g).tolist()
+        probes = []
+        for a in answers:
+            p = _probe(opening + [9, 9, 9] + rest, torch.randint(3, 120, (a,), generator=g)
+                       .tolist(), 0)
+            p.placeholder_mask[6:9] = True
+            probes.append(p)
+        groups.append(Group(probes, None if n == 1 else vectors))
+    leads = []
+    real = decoding._lead
+    monkeypatch.setattr(decoding, "_lead", lambda *a: leads.append(real(*a)) or leads[-1])
+    with torch.no_grad():
+        want = _one_by_one(model, groups)
+        got = grouped_logprobs(model, groups, pad_id=0, write_layer=1, batch_size=5)
+    window = getattr(model.config, "sliding_window", None)
+    assert leads[0][0] == (0 if window else 6)
+    for w_rows, g_rows in zip(want, got):
+        for w, g_ in zip(w_rows, g_rows):
+            torch.testing.assert_close(g_, w, atol=1e-4, rtol=1e-4)

@@ -16,7 +16,7 @@ from .chat import (
     RenderedDialog,
     render_dialog,
 )
-from .decoder import add_decoder_adapter, as_target, load_decoder_adapter
+from .decoder import add_decoder_adapter, as_target, folded_adapter, load_decoder_adapter
 from .models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 from .reading import Reader, load
 
@@ -25,7 +25,7 @@ __all__ = [
     "INJECTION_MODES", "capture", "gather", "inject", "position_ids_from_mask",
     "LayerError", "ModelInfo", "find_blocks", "model_info",
     "SCAFFOLD", "ChatTemplateError", "DialogTooLongError", "RenderedDialog", "render_dialog",
-    "add_decoder_adapter", "as_target", "load_decoder_adapter",
+    "add_decoder_adapter", "as_target", "folded_adapter", "load_decoder_adapter",
     "DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "load_model",
     "Reader", "load",
 ]

@@ -14,7 +14,6 @@ when the true answer ranks first. The same candidates are scored under every con
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import torch
 from ..chat import pad_rendered, render_dialog
 from ..data.examples import render_target
 from ..data.probe import IGNORE_INDEX, Probe
-from ..decoder import as_target
+from ..decoder import as_target, folded_adapter
 from ..decoding import Group, grouped_logprobs, read_activations
 from .stats import mcnemar_exact, summarize
 
@@ -143,7 +142,7 @@ class PersonaEval:
             # longest prompt first, so each batch pads little and a memory peak shows at once
             chosen = sorted((i for i, (_, on) in enumerate(groups) if on == adapter),
                             key=lambda i: -len(groups[i][0].probes[0].input_ids))
-            ctx = contextlib.nullcontext() if adapter else as_target(self.model)
+            ctx = folded_adapter(self.model) if adapter else as_target(self.model)
             with ctx:
                 for s in range(0, len(chosen), self.batch_size):
                     chunk = chosen[s:s + self.batch_size]

@@ -20,7 +20,7 @@ from ..arch import config_info, model_info
 from ..chat import DialogTooLongError, pad_rendered, render_dialog
 from ..data.layouts import LAYOUTS
 from ..data.probe import IGNORE_INDEX, ProbeBuilder, pad_probes
-from ..decoder import DecoderSpec, as_target, load_decoder_adapter
+from ..decoder import DecoderSpec, as_target, folded_adapter, load_decoder_adapter
 from ..decoding import Group, generate_answers, grouped_logprobs, read_activations
 from ..models import DEFAULT_MODEL, load_config, load_model
 from .controls import NEUTRAL_DIALOGS, check_control, shuffled_sources
@@ -126,17 +126,19 @@ class Reader:
         counts, vectors, mode = self._sources(dialogs, read, layer, control, injection)
         probes = [self._probe(counts[d], q, None, layer) for d, q in pairs]
         answers: list[str] = [""] * len(pairs)
-        for rows in self._batches(probes, batch_size):
-            ids, attn, ph, _ = pad_probes([probes[r] for r in rows], self.pad_id, "left")
-            vecs = None if vectors is None else [vectors[pairs[r][0]] for r in rows]
-            out = generate_answers(
-                self.model, self.tokenizer, ids, attn, ph, vecs,
-                write_layer=self.spec.write_layer, mode=mode, max_new_tokens=max_new_tokens,
-                do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
-            for r, a in zip(rows, out):
-                answers[r] = a
-            if progress:
-                progress(len(rows))
+        with folded_adapter(self.model):  # the target was read above; now only the decoder runs
+            for rows in self._batches(probes, batch_size):
+                ids, attn, ph, _ = pad_probes([probes[r] for r in rows], self.pad_id, "left")
+                vecs = None if vectors is None else [vectors[pairs[r][0]] for r in rows]
+                out = generate_answers(
+                    self.model, self.tokenizer, ids, attn, ph, vecs,
+                    write_layer=self.spec.write_layer, mode=mode,
+                    max_new_tokens=max_new_tokens, do_sample=do_sample,
+                    temperature=temperature, top_p=top_p, seed=seed)
+                for r, a in zip(rows, out):
+                    answers[r] = a
+                if progress:
+                    progress(len(rows))
         return answers
 
     @torch.no_grad()
@@ -154,21 +156,22 @@ class Reader:
         size = batch_size or self.batch_size
         if size < 1:
             raise ReadingError(f"batch_size must be at least 1, got {size}")
-        for start in range(0, len(groups), max(1, size)):
-            chunk = groups[start:start + max(1, size)]
-            logps = grouped_logprobs(self.model, chunk, pad_id=self.pad_id,
-                                     write_layer=self.spec.write_layer, mode=mode,
-                                     batch_size=size)
-            for group, cands, per_cand in zip(chunk, candidates[start:], logps):
-                row = []
-                for probe, cand, logp in zip(group.probes, cands, per_cand):
-                    token_ids = probe.labels[probe.labels != IGNORE_INDEX].tolist()
-                    row.append(CandidateScore(cand, float(logp.sum()), len(token_ids),
-                                              [self.tokenizer.decode([t]) for t in token_ids],
-                                              logp.tolist()))
-                results.append(row)
-            if progress:
-                progress(sum(len(g.probes) for g in chunk))
+        with folded_adapter(self.model):
+            for start in range(0, len(groups), max(1, size)):
+                chunk = groups[start:start + max(1, size)]
+                logps = grouped_logprobs(self.model, chunk, pad_id=self.pad_id,
+                                         write_layer=self.spec.write_layer, mode=mode,
+                                         batch_size=size)
+                for group, cands, per_cand in zip(chunk, candidates[start:], logps):
+                    row = []
+                    for probe, cand, logp in zip(group.probes, cands, per_cand):
+                        token_ids = probe.labels[probe.labels != IGNORE_INDEX].tolist()
+                        row.append(CandidateScore(cand, float(logp.sum()), len(token_ids),
+                                                  [self.tokenizer.decode([t]) for t in token_ids],
+                                                  logp.tolist()))
+                    results.append(row)
+                if progress:
+                    progress(sum(len(g.probes) for g in chunk))
         return [Score(q, row) for (_, q), row in zip(pairs, results)]
 
     @torch.no_grad()
