@@ -121,7 +121,8 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
     answers. The group runs as one packed row: the prefix once, then each answer's tokens,
     under a block mask that lets each answer see the prefix and itself only, with positions
     restarting after the prefix. Nothing is padded inside a group and nothing is copied, so
-    the cost is the prefix plus the answers. Groups that cannot be packed (no shared prefix,
+    the cost is the prefix plus the answers; the opening all groups share (the probe's chat
+    header, before the placeholders) runs once per call. Groups that cannot be packed (no shared prefix,
     an attention kernel without arbitrary masks, a sliding window shorter than a probe) are
     scored probe by probe in one padded batch.
     """
