@@ -129,10 +129,12 @@ def _foldable_lora_layers(model) -> list | None:
     for module in model.modules():
         if isinstance(module, LoraLayer):
             active = [a for a in module.active_adapters if a in module.lora_A]
+            weight = getattr(module.get_base_layer(), "weight", None)
+            # a plain floating tensor: not a quantized one (bitsandbytes' are subclasses)
+            plain = (type(weight) in (torch.Tensor, torch.nn.Parameter)
+                     and weight.dtype.is_floating_point and weight.device.type != "meta")
             if (module.merged or module.disable_adapters or len(active) != 1
-                    or module.use_dora.get(active[0])
-                    or not isinstance(getattr(module.get_base_layer(), "weight", None),
-                                      torch.Tensor)):
+                    or module.use_dora.get(active[0]) or not plain):
                 return None
             layers.append((module, active[0]))
         elif isinstance(module, BaseTunerLayer):
@@ -168,6 +170,9 @@ def folded_adapter(model: torch.nn.Module, *, max_share: float = 0.25):
         yield model
         return
     weights = [m.get_base_layer().weight for m, _ in layers]
+    if len({w.device for w in weights}) != 1:  # spread over devices: not worth the bookkeeping
+        yield model
+        return
     spare = _spare_bytes(weights[0].device)
     need = sum(w.numel() * w.element_size() for w in weights)
     if spare is None or need > max_share * spare:

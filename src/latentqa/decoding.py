@@ -122,9 +122,9 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
     under a block mask that lets each answer see the prefix and itself only, with positions
     restarting after the prefix. Nothing is padded inside a group and nothing is copied, so
     the cost is the prefix plus the answers; the opening all groups share (the probe's chat
-    header, before the placeholders) runs once per call. Groups that cannot be packed (no shared prefix,
-    an attention kernel without arbitrary masks, a sliding window shorter than a probe) are
-    scored probe by probe in one padded batch.
+    header, before the placeholders) runs once per call. Groups that cannot be packed (no
+    shared prefix, an attention kernel without arbitrary masks, a sliding window shorter than
+    a probe) are scored probe by probe in one padded batch.
     """
     body, head, config = body_and_head(model)
     device = body.get_input_embeddings().weight.device
