@@ -97,13 +97,17 @@ class Group:
     vectors: torch.Tensor | None = None
 
 
+def _common_prefix(ids: list[torch.Tensor], width: int | None = None) -> int:
+    """How many leading tokens (at most ``width``) every sequence of ``ids`` shares."""
+    width = min([len(x) for x in ids] + ([width] if width is not None else []))
+    same = torch.stack([x[:width] for x in ids]).eq(ids[0][:width]).all(0)
+    return int(same.long().cumprod(0).sum())
+
+
 def _shared_length(group: Group) -> int:
     """How many leading tokens the group's probes share and no labelled token needs: the
     prefix to run once. 0 when sharing is impossible (placeholders after it)."""
-    ids = [p.input_ids for p in group.probes]
-    width = min(len(x) for x in ids)
-    same = torch.stack([x[:width] for x in ids]).eq(ids[0][:width]).all(0)
-    common = int(same.long().cumprod(0).sum())
+    common = _common_prefix([p.input_ids for p in group.probes])
     first_label = min(int((p.labels != IGNORE_INDEX).nonzero()[0, 0]) if
                       (p.labels != IGNORE_INDEX).any() else len(p.labels) for p in group.probes)
     n = min(common, first_label - 1)  # token first_label is predicted at first_label - 1
@@ -168,12 +172,10 @@ def _lead(body, config, groups: list[Group], shared: list[int], device):
     firsts = [g.probes[0] for g in groups]
     width = min(shared + [int(p.placeholder_mask.long().argmax()) if p.placeholder_mask.any()
                           else len(p.input_ids) for p in firsts])
-    ids = firsts[0].input_ids[:width]
-    same = torch.stack([p.input_ids[:width] for p in firsts]).eq(ids).all(0)
-    length = int(same.long().cumprod(0).sum())
+    length = _common_prefix([p.input_ids for p in firsts], width)
     if length < 1:
         return 0, None
-    cache = body(input_ids=ids[None, :length].to(device), use_cache=True)
+    cache = body(input_ids=firsts[0].input_ids[None, :length].to(device), use_cache=True)
     cache = cache.cache if getattr(cache, "cache", None) is not None else cache.past_key_values
     return length, cache
 
