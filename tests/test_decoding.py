@@ -32,6 +32,20 @@ def _groups(hidden: int, seed: int = 0):
     return groups
 
 
+def _answers_alike(hidden: int, seed: int = 2):
+    """Answers that open alike (labelled tokens in the shared prefix), one that is the start of
+    another, a duplicate, and unlabelled tokens after the answers (an end-of-turn newline)."""
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(3, 120, (8,), generator=g).tolist()
+    answers = [[7, 8, 30, 31, 32], [7, 8, 40], [7, 8], [7, 8, 30, 31, 32], [7, 8, 50, 51]]
+    probes = []
+    for a in answers:
+        p = _probe(prefix, a + [99, 98], 3)
+        p.labels[-2:] = IGNORE_INDEX
+        probes.append(p)
+    return [Group(probes, torch.randn(3, hidden, generator=g) * 3)]
+
+
 def _one_by_one(model, groups):
     out = []
     for group in groups:
@@ -47,10 +61,11 @@ def _one_by_one(model, groups):
     return out
 
 
+@pytest.mark.parametrize("make", [_groups, _answers_alike], ids=["groups", "answers_alike"])
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_shared_prefix_scores_equal_one_by_one(arch):
+def test_shared_prefix_scores_equal_one_by_one(arch, make):
     model = tiny_model(arch)
-    groups = _groups(model.config.hidden_size)
+    groups = make(model.config.hidden_size)
     with torch.no_grad():
         want = _one_by_one(model, groups)
         got = grouped_logprobs(model, groups, pad_id=0, write_layer=1, batch_size=5)
@@ -165,3 +180,18 @@ def test_a_common_opening_runs_once_and_scores_the_same(arch, monkeypatch):
     for w_rows, g_rows in zip(want, got):
         for w, g_ in zip(w_rows, g_rows):
             torch.testing.assert_close(g_, w, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_row_holds_the_shared_answer_start_once_and_no_dead_tokens():
+    from latentqa.decoding import _pack, _shared_length
+
+    group = _answers_alike(16)[0]
+    n = _shared_length(group)
+    assert n == 10  # the 8-token prefix and the answers' common [7, 8]
+    ids, _, segment, starts = _pack(group, n)
+    # tails keep only tokens whose outputs predict a labelled token: an answer's last token
+    # and the end-of-turn tokens are dropped, and [7, 8, 40] needs no tail at all (its 40 is
+    # predicted at the prefix's last token)
+    assert ids[n:].tolist() == [30, 31, 30, 31, 50]
+    assert segment[n:].tolist() == [1, 1, 4, 4, 5]
+    assert starts == [10, 12, 12, 12, 14]

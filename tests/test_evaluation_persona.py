@@ -11,6 +11,7 @@ import torch
 from latentqa.cli import main
 from latentqa.data import load_data
 from latentqa.evaluation import persona
+from latentqa.evaluation.null import HIDDEN_INSTRUCTIONS, null_hallucination
 from latentqa.evaluation.persona import Item, build_items, report, shuffled_donors
 from latentqa.evaluation.stats import mcnemar_exact, wilson_interval
 
@@ -128,5 +129,47 @@ def test_eval_persona_cli_end_to_end(tiny_decoder, tmp_path, capsys):
     assert set(result["mcnemar_p_vs_activations"]) == set(persona.CONDITIONS) - {"activations"}
     assert result["n"] > 0 and 0 <= result["null_hallucination"]["rate"] <= 1
     assert "McNemar p vs activations" in text and "null-hallucination rate" in text
+    assert "under hidden instructions" in text
+    null = result["null_hallucination"]
+    assert null["hidden_instruction"]["n"] == len(HIDDEN_INSTRUCTIONS) * null["n"]
     assert main(["eval", "persona", "--data", FIXTURE, "--decoder", str(tiny_decoder),
                  "--conditions", "activations,telepathy"]) == 2
+
+
+class _AnswersByInstruction:
+    """A reader stub: answers "plain" or a persona according to ``rule(dialog)``."""
+
+    def __init__(self, rule):
+        self.rule, self.calls = rule, []
+
+    def ask(self, dialogs, questions, **kw):
+        self.calls.append(dialogs)
+        return [[self.rule(d) for _ in questions] for d in dialogs]
+
+
+PLAIN_ANSWER = "The assistant is a plain, helpful AI assistant."
+PERSONA_ANSWER = "The assistant is a pirate captain."
+
+
+def test_null_rate_comes_with_its_hidden_instruction_control():
+    # a decoder that tells the two apart: plain without an instruction, a persona with one
+    reads = _AnswersByInstruction(
+        lambda d: PERSONA_ANSWER if d[0]["role"] == "system" else PLAIN_ANSWER)
+    result = null_hallucination(reads, prompts=("a", "b", "c"), hidden=("Be a pirate.",
+                                                                         "Sell cola."))
+    assert (result["n"], result["invented"]) == (6, 0)
+    assert (result["hidden_instruction"]["n"], result["hidden_instruction"]["plain"]) == (12, 0)
+    # the instruction is only in the target's dialog: the user turns are the plain ones
+    hidden = reads.calls[0][3:]
+    assert [d[1]["content"] for d in hidden] == ["a", "b", "c"] * 2
+    assert {d[0]["content"] for d in hidden} == {"Be a pirate.", "Sell cola."}
+
+
+def test_a_decoder_that_always_says_plain_is_caught_by_the_control():
+    always = _AnswersByInstruction(lambda d: PLAIN_ANSWER)
+    result = null_hallucination(always, prompts=("a", "b"), questions=("Q1?", "Q2?"),
+                                hidden=("Be a pirate.",))
+    assert result["rate"] == 0.0  # the rate alone looks perfect
+    assert result["hidden_instruction"]["rate"] == 1.0
+    assert result["by_question"]["Q1?"] == {"n": 2, "invented": 0, "n_hidden": 2,
+                                            "plain_under_hidden": 2}

@@ -23,7 +23,10 @@ def persona_result():
                "no_activations": [False] * 6, "untrained_decoder": [True] * 6}
     out = report(items, correct, tuple(correct))
     out.update({"kind": "persona", "decoder": "dec", "split": "all", "choices": 2, "seed": 0,
-                "null_hallucination": {"n": 4, "invented": 1, "rate": 0.25, "answers": []}})
+                "null_hallucination": {
+                    "n": 4, "invented": 1, "rate": 0.25, "answers": [],
+                    "by_question": {"Which persona?": {"n": 2, "invented": 1, "n_hidden": 10,
+                                                       "plain_under_hidden": 3}}}})
     return out
 
 
@@ -82,6 +85,7 @@ def test_report_has_tables_and_plots(tmp_path):
     assert "| activations | 0.833 | [" in md and "| shuffled | 0.333 |" in md
     assert "McNemar p vs activations" in md and "**by data type**" in md
     assert "Null-hallucination rate: **0.25**" in md
+    assert "| Which persona? | 1/2 | 3/10 |" in md  # plain answers, and under hidden prompts
     # relations: a table per layer, the mean row, the layer plot
     assert "### Layer 2" in md and "### Layer 4" in md and "### Mean over layers 2, 4" in md
     assert "| relation | decoder | untrained_decoder | text_only | shuffled | linear_probe |" in md

@@ -66,6 +66,27 @@ def test_batched_scores_equal_one_by_one(lqa):
             assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
 
 
+def test_packed_scores_equal_an_unpacked_forward_per_candidate(lqa):
+    # candidates that open alike ("The assistant is a p...") are packed with their shared
+    # words in the prefix; each must still get the log-probs of a plain forward pass
+    import torch
+
+    from latentqa.decoding import labelled_logprobs
+
+    cands = ["The assistant is a pirate.", "The assistant is a poet.", "The assistant is a"]
+    score = lqa.score(DIALOG, DESCRIBE, cands)
+    vectors = lqa.activations(DIALOG)[0]
+    for cand, got in zip(cands, score.candidates):
+        probe = lqa._probe(len(vectors), DESCRIBE, cand, None)
+        with torch.no_grad():
+            want, _ = labelled_logprobs(
+                lqa.model, probe.input_ids[None], torch.ones_like(probe.input_ids)[None],
+                probe.labels[None], placeholder_mask=probe.placeholder_mask[None],
+                vectors=[vectors], write_layer=lqa.spec.write_layer, mode=lqa.spec.injection)
+        assert got.num_tokens == len(want)
+        assert got.token_logprobs == pytest.approx(want.tolist(), abs=1e-3)
+
+
 def test_controls_change_what_is_injected(lqa):
     cands = ["a pirate", "a chef"]
     real = lqa.score(DIALOG, DESCRIBE, cands).candidates[0].logprob
@@ -140,7 +161,7 @@ def _top1(scores, cases):
 
 
 @pytest.mark.xfail(strict=False, reason="the shipped decoder reads hidden system prompts weakly "
-                   "(0.58 vs 0.42 shuffled in eval persona, v0.3); the target of issue 5 is a "
+                   "(0.60 vs 0.39 shuffled in eval persona, v0.4); the target of issue 5 is a "
                    "majority")
 def test_shipped_decoder_reads_hidden_system_prompts(shipped):
     """The true description wins for most hidden prompts, and markedly less often when the

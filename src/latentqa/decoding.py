@@ -105,15 +105,18 @@ def _common_prefix(ids: list[torch.Tensor], width: int | None = None) -> int:
 
 
 def _shared_length(group: Group) -> int:
-    """How many leading tokens the group's probes share and no labelled token needs: the
-    prefix to run once. 0 when sharing is impossible (placeholders after it)."""
-    common = _common_prefix([p.input_ids for p in group.probes])
-    first_label = min(int((p.labels != IGNORE_INDEX).nonzero()[0, 0]) if
-                      (p.labels != IGNORE_INDEX).any() else len(p.labels) for p in group.probes)
-    n = min(common, first_label - 1)  # token first_label is predicted at first_label - 1
+    """How many leading tokens the group's probes share: the prefix to run once (labelled
+    tokens inside it are predicted there, once for all probes). 0 when sharing is impossible
+    (placeholders after it)."""
+    n = _common_prefix([p.input_ids for p in group.probes])
     if n < 1 or any(p.placeholder_mask[n:].any() for p in group.probes):
         return 0
     return n
+
+
+def _sources(probe) -> torch.Tensor:
+    """The positions whose outputs predict the probe's labelled tokens (token t at t - 1)."""
+    return (probe.labels[1:] != IGNORE_INDEX).nonzero()[:, 0]
 
 
 def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: int = 0,
@@ -121,14 +124,16 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
     """Labelled-token log-probs of every probe of every group: ``out[g][k]`` for probe k of
     group g, the same numbers ``labelled_logprobs`` gives.
 
-    A group's probes share a prefix (the placeholders and the question) and differ in their
-    answers. The group runs as one packed row: the prefix once, then each answer's tokens,
-    under a block mask that lets each answer see the prefix and itself only, with positions
-    restarting after the prefix. Nothing is padded inside a group and nothing is copied, so
-    the cost is the prefix plus the answers; the opening all groups share (the probe's chat
-    header, before the placeholders) runs once per call. Groups that cannot be packed (no
-    shared prefix, an attention kernel without arbitrary masks, a sliding window shorter than
-    a probe) are scored probe by probe in one padded batch.
+    A group's probes share a prefix (the placeholders, the question and often the answers'
+    first words) and differ in the rest of their answers. The group runs as one packed row:
+    the prefix once, then each answer's tokens, under a block mask that lets each answer see
+    the prefix and itself only, with positions restarting after the prefix. An answer's tokens
+    after its last predicting position (its last token) are left out: no labelled token
+    depends on them. Nothing is padded inside a group and nothing is copied, so the cost is
+    the prefix plus the answers; the opening all groups share (the probe's chat header, before
+    the placeholders) runs once per call. Groups that cannot be packed (no shared prefix, an
+    attention kernel without arbitrary masks, a sliding window shorter than a probe) are
+    scored probe by probe in one padded batch.
     """
     body, head, config = body_and_head(model)
     device = body.get_input_embeddings().weight.device
@@ -170,8 +175,12 @@ def _lead(body, config, groups: list[Group], shared: list[int], device):
     if len(groups) < 2 or getattr(config, "sliding_window", None):
         return 0, None
     firsts = [g.probes[0] for g in groups]
-    width = min(shared + [int(p.placeholder_mask.long().argmax()) if p.placeholder_mask.any()
-                          else len(p.input_ids) for p in firsts])
+    # the lead's outputs are not kept: it stops before any placeholder and any position that
+    # predicts a labelled token
+    ends = [int(p.placeholder_mask.long().argmax()) if p.placeholder_mask.any()
+            else len(p.input_ids) for p in firsts]
+    ends += [int(_sources(p).min()) for g in groups for p in g.probes if len(_sources(p))]
+    width = min(shared + ends)
     length = _common_prefix([p.input_ids for p in firsts], width)
     if length < 1:
         return 0, None
@@ -197,8 +206,13 @@ def _packable(config, groups: list[Group], shared: list[int]) -> list[bool]:
 
 def _pack(group: Group, n: int):
     """A group as one row: ids, positions and segments (0: the shared ``n``-token prefix;
-    k + 1: probe k's tail), and where each tail starts in the row."""
-    tails = [p.input_ids[n:] for p in group.probes]
+    k + 1: probe k's tail, cut after its last predicting position), and where each tail
+    starts in the row."""
+    tails = []
+    for p in group.probes:
+        src = _sources(p)
+        end = int(src.max()) + 1 if len(src) and int(src.max()) >= n else n
+        tails.append(p.input_ids[n:end])
     ids = torch.cat([group.probes[0].input_ids[:n], *tails])
     positions = torch.cat([torch.arange(n)] + [torch.arange(n, n + len(t)) for t in tails])
     segment = torch.cat([torch.zeros(n, dtype=torch.long)]
@@ -230,6 +244,10 @@ def _score_packed(body, head, config, model, groups, shared, out, pad_id, write_
         ids, pos, seg, starts = _pack(group, n)
         packed.append((ids[skip:], pos[skip:], seg[skip:], [s - skip for s in starts]))
     size = (len(groups), max(len(ids) for ids, *_ in packed))
+    if size[1] == 0:  # nothing labelled after the lead
+        for i, group in enumerate(groups):
+            out[i][:] = [torch.zeros(0, device=device) for _ in group.probes]
+        return
     ids = torch.full(size, pad_id, dtype=torch.long)
     positions = torch.zeros(size, dtype=torch.long)
     segment = torch.full(size, -1, dtype=torch.long)
@@ -253,16 +271,16 @@ def _score_packed(body, head, config, model, groups, shared, out, pad_id, write_
         hidden = body(input_ids=ids.to(device), position_ids=positions.to(device),
                       attention_mask=mask.to(device), use_cache=lead_cache is not None,
                       **kwargs).last_hidden_state
-    # tail token j >= 1 of probe k is predicted at the row's position start_k + j - 1
+    # token t of probe k is predicted at t - 1: in the prefix (row column t - 1 - skip) or in
+    # the probe's tail (row column start_k + t - 1 - n)
     rows, cols, targets, counts = [], [], [], []
     for i, (group, n, (*_, starts)) in enumerate(zip(groups, shared, packed)):
         for probe, start in zip(group.probes, starts):
-            tail = probe.labels[n:]
-            j = (tail[1:] != IGNORE_INDEX).nonzero()[:, 0] + 1
-            rows.append(torch.full_like(j, i))
-            cols.append(start + j - 1)
-            targets.append(tail[j])
-            counts.append(len(j))
+            src = _sources(probe)
+            rows.append(torch.full_like(src, i))
+            cols.append(torch.where(src < n, src - skip, start + src - n))
+            targets.append(probe.labels[src + 1])
+            counts.append(len(src))
     rows, cols = torch.cat(rows).to(device), torch.cat(cols).to(device)
     logp = _target_logprobs(head, config, hidden[rows, cols], torch.cat(targets).to(device))
     pieces = iter(logp.split(counts))

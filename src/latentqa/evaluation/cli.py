@@ -217,6 +217,13 @@ def print_persona(result: dict) -> None:
     if null:
         print(f"null-hallucination rate: {null['rate']:.2f} ({null['invented']} of {null['n']} "
               "answers about plain dialogs name a specific persona or goal)")
+        hidden = null.get("hidden_instruction")
+        if hidden:
+            print(f"  control, the same requests under hidden instructions: {hidden['plain']} "
+                  f"of {hidden['n']} answers plain ({hidden['rate']:.2f})")
+        for q, c in null.get("by_question", {}).items():
+            print(f"  {q:<40} plain dialogs: {c['n'] - c['invented']}/{c['n']} plain;  under "
+                  f"hidden instructions: {c['plain_under_hidden']}/{c['n_hidden']} plain")
 
 
 # ---- eval relations ---------------------------------------------------------------------

@@ -206,6 +206,15 @@ def persona_section(name: str, r: dict, out: Path) -> list[str]:
     if null:
         lines += [f"Null-hallucination rate: **{null['rate']:.2f}** ({null['invented']} of "
                   f"{null['n']} answers about plain dialogs name a persona or goal).", ""]
+        if null.get("by_question"):
+            lines += ["Plain answers (\"an ordinary assistant\") on plain dialogs and, as the "
+                      "control, on the same requests under hidden instructions (a decoder that "
+                      "reads the activations says it less often there):", ""]
+            lines += table(["question", "plain dialogs", "under hidden instructions"],
+                           [[q, f"{c['n'] - c['invented']}/{c['n']}",
+                             f"{c['plain_under_hidden']}/{c['n_hidden']}"]
+                            for q, c in null["by_question"].items()])
+            lines.append("")
     return lines
 
 
