@@ -179,7 +179,8 @@ def _lead(body, config, groups: list[Group], shared: list[int], device):
     # predicts a labelled token
     ends = [int(p.placeholder_mask.long().argmax()) if p.placeholder_mask.any()
             else len(p.input_ids) for p in firsts]
-    ends += [int(_sources(p).min()) for g in groups for p in g.probes if len(_sources(p))]
+    sources = [_sources(p) for g in groups for p in g.probes]
+    ends += [int(src.min()) for src in sources if len(src)]
     width = min(shared + ends)
     length = _common_prefix([p.input_ids for p in firsts], width)
     if length < 1:
@@ -211,7 +212,7 @@ def _pack(group: Group, n: int):
     tails = []
     for p in group.probes:
         src = _sources(p)
-        end = int(src.max()) + 1 if len(src) and int(src.max()) >= n else n
+        end = max(n, int(src.max()) + 1) if len(src) else n
         tails.append(p.input_ids[n:end])
     ids = torch.cat([group.probes[0].input_ids[:n], *tails])
     positions = torch.cat([torch.arange(n)] + [torch.arange(n, n + len(t)) for t in tails])
