@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import LatentQAError
 
-class LayerError(ValueError):
+
+class LayerError(LatentQAError, ValueError):
     """A layer index outside the model's blocks."""
 
 

@@ -14,16 +14,18 @@ from typing import Sequence
 
 import torch
 
+from .errors import LatentQAError
+
 Message = dict  # {"role": str, "content": str}
 
 SCAFFOLD = -1  # message index of tokens that belong to no message
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(LatentQAError, ValueError):
     """The tokenizer has no chat template, or the template cannot render this dialog."""
 
 
-class DialogTooLongError(ValueError):
+class DialogTooLongError(LatentQAError, ValueError):
     """A rendered dialog is longer than the model's context."""
 
 

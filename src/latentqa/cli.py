@@ -1,7 +1,8 @@
 """The ``latentqa`` command: a thin layer over the Python API.
 
 Each area registers its own subcommands (``register(subparsers)``) so this file stays a table
-of contents. Errors the user can fix are printed as one line, without a traceback.
+of contents. Errors the user can fix (``LatentQAError``) are printed as one line, without a
+traceback.
 """
 
 from __future__ import annotations
@@ -11,26 +12,7 @@ import json
 import sys
 
 from . import __version__
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed without a traceback."""
-
-
-# Exceptions whose message is enough for the user: bad specs, layers, data, templates.
-def _user_errors():
-    from .arch import LayerError
-    from .chat import ChatTemplateError, DialogTooLongError
-    from .models import ModelLoadError
-
-    errors = [UserError, ModelLoadError, LayerError, ChatTemplateError, DialogTooLongError,
-              FileNotFoundError]
-    from .data.errors import DataError
-    from .reading.errors import ReadingError
-    from .steering.control import ControlError
-    from .steering.prompts import PromptsError
-
-    return tuple(errors + [DataError, ReadingError, ControlError, PromptsError])
+from .errors import LatentQAError
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -125,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as e:
+    except LatentQAError as e:
         print(f"latentqa: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -134,8 +116,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # run the package's copy of this module: subcommands raise latentqa.cli.UserError, which a
-    # second copy loaded as __main__ would not catch
-    from latentqa.cli import main as package_main
-
-    sys.exit(package_main())
+    sys.exit(main())

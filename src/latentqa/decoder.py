@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import MissingFileError
 from .files import atomic_dir
 
 
@@ -90,7 +91,7 @@ def load_decoder_adapter(model: torch.nn.Module, adapter_dir: str | Path, *,
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_model.safetensors").exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{adapter_dir} holds no adapter_model.safetensors; latentqa loads adapters only "
             "from safetensors"
         )
@@ -222,7 +223,7 @@ class DecoderSpec:
     def read(cls, directory: str | Path) -> "DecoderSpec":
         path = Path(directory) / SIDECAR
         if not path.exists():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{directory} is not a latentqa decoder: it has no {SIDECAR} (the sidecar "
                 "written by `latentqa train` that says which target, layers and probe to use)")
         try:

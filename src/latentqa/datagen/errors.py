@@ -1,14 +1,14 @@
 """Errors of ``latentqa data generate``.
 
-They subclass the CLI's ``UserError`` so the command prints them as one line, no traceback.
+``DatagenError`` is a ``LatentQAError``, so the command prints it as one line, no traceback.
 """
 
 from __future__ import annotations
 
-from ..cli import UserError
+from ..errors import UsageError
 
 
-class DatagenError(UserError):
+class DatagenError(UsageError):
     """Bad input (seed file, records file, options) or a run that cannot go on."""
 
 

@@ -113,15 +113,15 @@ PERSONA_CONDITIONS = ("activations", "shuffled", "no_activations", "text_only",
 def _held_out(data, spec, args, files):
     """The labels the decoder's training run held out. The split is a function of the exact
     label set, so the files must be the ones it trained on (checked by hash when recorded)."""
-    from ..cli import UserError
     from ..data import split_by_label
+    from ..errors import UsageError
     from ..files import file_hashes
 
     trained = spec.extra.get("data_files")
     given = file_hashes(files)
     if trained and sorted(trained.values()) != sorted(given.values()):
         names = lambda d: ", ".join(Path(k).name for k in d)  # noqa: E731
-        raise UserError(
+        raise UsageError(
             f"the held-out labels depend on the exact training data: this decoder was trained "
             f"on {names(trained)}, but the files given differ ({names(given)}); pass the "
             "training files, or --split all")
@@ -131,7 +131,7 @@ def _held_out(data, spec, args, files):
     seed = getattr(args, "split_seed", None)
     seed = seed if seed is not None else spec.extra.get("split_seed")
     if held_out is None or seed is None:
-        raise UserError("this decoder's sidecar does not say which labels its training run "
+        raise UsageError("this decoder's sidecar does not say which labels its training run "
                         "held out; pass --held-out and --split-seed, or --split all")
     return split_by_label(data, held_out=held_out, seed=seed)[1]
 
@@ -143,7 +143,7 @@ LATENTQA_FILES = ("system.json", "control.json", "stimulus.json", "stimulus_comp
 def latentqa_files(paths) -> list[Path]:
     """Files as given; a folder stands for the LatentQA files it holds by their usual names (so
     ``unlabeled_system.json`` and other extras beside them are not read)."""
-    from ..cli import UserError
+    from ..errors import UsageError
 
     out = []
     for p in map(Path, paths):
@@ -152,7 +152,7 @@ def latentqa_files(paths) -> list[Path]:
             continue
         found = [p / name for name in LATENTQA_FILES if (p / name).is_file()]
         if not found:
-            raise UserError(f"{p} holds none of {', '.join(LATENTQA_FILES)}")
+            raise UsageError(f"{p} holds none of {', '.join(LATENTQA_FILES)}")
         out += found
     return out
 
@@ -162,8 +162,8 @@ def cmd_persona(args) -> int:
 
     from tqdm import tqdm
 
-    from ..cli import UserError
     from ..data import load_data
+    from ..errors import UsageError
     from ..reading import load
     from .null import null_hallucination
     from .persona import PersonaEval, build_items
@@ -171,10 +171,10 @@ def cmd_persona(args) -> int:
     conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
     bad = set(conditions) - set(PERSONA_CONDITIONS)
     if bad:
-        raise UserError(f"unknown condition(s) {sorted(bad)}; choose from "
+        raise UsageError(f"unknown condition(s) {sorted(bad)}; choose from "
                         f"{', '.join(PERSONA_CONDITIONS)}")
     if args.choices < 2:
-        raise UserError("--choices must be at least 2")
+        raise UsageError("--choices must be at least 2")
     reader = load(args.decoder, batch_size=args.batch_size)
     files = latentqa_files(args.data)
     data = load_data(files, system_recovery=False)
@@ -185,7 +185,7 @@ def cmd_persona(args) -> int:
         items = sorted(random.Random(args.seed).sample(items, args.limit),
                        key=lambda i: i.record)
     if not items:
-        raise UserError("no records to evaluate (no labels with QA pairs and enough "
+        raise UsageError("no records to evaluate (no labels with QA pairs and enough "
                         "same-family alternatives)")
     rows = sum(len(i.candidates) for i in items) * len(conditions)
     with tqdm(total=rows, desc="scoring", unit="row") as bar:
@@ -261,7 +261,7 @@ def register_relations(sub) -> None:
 
 def parse_layers(values) -> list[int]:
     """``["1-3", "7,9"]`` -> ``[1, 2, 3, 7, 9]`` (sorted, without repeats)."""
-    from ..cli import UserError
+    from ..errors import UsageError
 
     out = set()
     for value in values:
@@ -279,24 +279,24 @@ def parse_layers(values) -> list[int]:
                 else:
                     out.add(int(part))
             except ValueError:
-                raise UserError(f"--layers: cannot read {part!r}; give numbers, lists (10,14) "
+                raise UsageError(f"--layers: cannot read {part!r}; give numbers, lists (10,14) "
                                 "or ranges (1-15)") from None
     if not out:
-        raise UserError("--layers: no layers given")
+        raise UsageError("--layers: no layers given")
     return sorted(out)
 
 
 def cmd_relations(args) -> int:
     from tqdm import tqdm
 
-    from ..cli import UserError
+    from ..errors import UsageError
     from ..reading import load
     from .relations import RelationsEval, limit_facts, load_relations
 
     if not 0 < args.test_fraction < 1:
-        raise UserError("--test-fraction must be between 0 and 1")
+        raise UsageError("--test-fraction must be between 0 and 1")
     if args.limit < 0:
-        raise UserError("--limit must be 0 (all) or more")
+        raise UsageError("--limit must be 0 (all) or more")
     only = [r.strip() for r in args.relations.split(",") if r.strip()] if args.relations \
         else None
     relations = load_relations(args.data, only=only)
@@ -378,12 +378,8 @@ def register_report(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from ..cli import UserError
-    from .report import ReportError, write_report
+    from .report import write_report
 
-    try:
-        path = write_report(args.runs, args.out)
-    except ReportError as e:
-        raise UserError(str(e)) from None
+    path = write_report(args.runs, args.out)
     print(f"wrote {path}")
     return 0

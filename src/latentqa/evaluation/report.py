@@ -14,10 +14,12 @@ import os
 import re
 from pathlib import Path
 
+from ..errors import LatentQAError
+
 KINDS = ("persona", "relations", "heldout")
 
 
-class ReportError(ValueError):
+class ReportError(LatentQAError, ValueError):
     """A RUN file that cannot be read or is not an eval result; the message names the file."""
 
 

@@ -89,18 +89,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _user_errors(fn):
-    def wrapped(args):
-        from ..cli import UserError
-
-        try:
-            return fn(args)
-        except ReadingError as e:
-            raise UserError(str(e)) from None
-
-    return wrapped
-
-
 def _load(args):
     from .reader import load
 
@@ -134,7 +122,6 @@ def _dialogs(args) -> tuple[list, list]:
     return [m for m, _ in found], reads
 
 
-@_user_errors
 def cmd_read(args) -> int:
     if args.batch:
         return _batch(args, scoring=False)
@@ -158,7 +145,6 @@ def cmd_read(args) -> int:
     return 0
 
 
-@_user_errors
 def cmd_score(args) -> int:
     if args.batch:
         return _batch(args, scoring=True)
@@ -232,7 +218,6 @@ def _batch(args, *, scoring: bool) -> int:
     return 0
 
 
-@_user_errors
 def cmd_demo(args) -> int:
     from .demo import run_demo
 

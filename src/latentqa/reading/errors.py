@@ -6,8 +6,10 @@ them as one line without a traceback.
 
 from __future__ import annotations
 
+from ..errors import LatentQAError
 
-class ReadingError(ValueError):
+
+class ReadingError(LatentQAError, ValueError):
     """Bad input to ``ask``/``score``: an empty dialog, no questions, nothing to read..."""
 
 

@@ -61,45 +61,45 @@ def register(subparsers) -> None:
 
 
 def resolve_token(args) -> str | None:
-    from ..cli import UserError
+    from ..errors import UsageError
 
     if args.token is not None and args.token_env:
-        raise UserError("give --token or --token-env, not both")
+        raise UsageError("give --token or --token-env, not both")
     token = args.token
     if args.token_env:
         token = os.environ.get(args.token_env)
         if token is None:
-            raise UserError(f"--token-env {args.token_env}: environment variable "
+            raise UsageError(f"--token-env {args.token_env}: environment variable "
                             f"{args.token_env} is not set")
     if token is not None and not token.strip():
-        raise UserError("the token is empty")
+        raise UsageError("the token is empty")
     return token
 
 
 def check_binding(host: str, port: int, token: str | None) -> None:
     """Refuse a non-loopback address without a token, and a port we cannot bind."""
-    from ..cli import UserError
+    from ..errors import UsageError
     from .security import is_loopback
 
     if not is_loopback(host) and not token:
-        raise UserError(f"refusing to serve on {host} without a token: anyone who can reach "
+        raise UsageError(f"refusing to serve on {host} without a token: anyone who can reach "
                         "it could use the model; add --token (or --token-env VAR), or use "
                         "--host 127.0.0.1")
     if not 0 < port < 65536:
-        raise UserError(f"--port {port} is not a port number")
+        raise UsageError(f"--port {port} is not a port number")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host.strip("[]"), port))
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..cli import UserError
+    from ..errors import UsageError
     from ..reading.reader import load
     from .app import create_app
     from .security import LOOPBACK_NAMES, is_loopback
@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     max_queue=args.max_queue)
     bad = [k for k, v in limits.to_dict().items() if v <= 0]
     if bad:
-        raise UserError(f"limits must be positive: {', '.join(bad)}")
+        raise UsageError(f"limits must be positive: {', '.join(bad)}")
     reader = load(args.decoder, args.target, preset=args.preset, layout=args.layout,
                   read_layer=args.layer, write_layer=args.write_layer, injection=args.injection,
                   device=args.device, dtype=args.dtype,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
+from ..errors import LatentQAError
+
 
 class ApiError(Exception):
     """An error to send to the client as it is."""
@@ -29,12 +31,9 @@ def error_response(status: int, message: str, *, type: str = "invalid_request_er
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """latentqa's errors whose message tells the client what to fix (all ``ValueError``s)."""
-    from ..arch import LayerError
-    from ..chat import ChatTemplateError, DialogTooLongError
-    from ..reading.errors import ReadingError
-
-    return (ReadingError, DialogTooLongError, ChatTemplateError, LayerError, ValueError)
+    """Errors whose message tells the client what to fix: latentqa's own, and the
+    ``ValueError``s the libraries below it raise for bad values."""
+    return (LatentQAError, ValueError)
 
 
 def as_api_error(e: BaseException) -> ApiError | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..arch import find_blocks
+from ..errors import MissingFileError
 from ..files import atomic_dir
 
 STEER_ADAPTER = "steer"
@@ -125,7 +126,7 @@ def load_steering(model, directory, *, name: str = STEER_ADAPTER):
 
     directory = Path(directory)
     if not (directory / "adapter_model.safetensors").exists():
-        raise FileNotFoundError(f"{directory} holds no adapter_model.safetensors (latentqa "
+        raise MissingFileError(f"{directory} holds no adapter_model.safetensors (latentqa "
                                 "loads adapters only from safetensors)")
     if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
         model.load_adapter(str(directory), adapter_name=name)

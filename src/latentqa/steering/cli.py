@@ -81,31 +81,25 @@ def _topic(spec):
 
 
 def cmd_steer(args) -> int:
-    from ..cli import UserError
+    from ..errors import UsageError
     from ..reading import load
     from ..train.report import plot_losses
     from .adapter import STEER_ADAPTER, load_steering
-    from .control import ControlError, load_control
-    from .prompts import PromptsError, builtin_prompts, prompts_from
+    from .control import load_control
+    from .prompts import builtin_prompts, prompts_from
     from .report import markdown, measure
     from .run import steer
 
     if args.steps < 1 or args.batch_size < 1 or args.lr <= 0 or args.fluency_weight < 0:
-        raise UserError("--steps and --batch-size must be at least 1, --lr positive and "
+        raise UsageError("--steps and --batch-size must be at least 1, --lr positive and "
                         "--fluency-weight not negative")
-    try:
-        prompts = prompts_from(args.prompts) if args.prompts else builtin_prompts("neutral")
-        eval_prompts = prompts_from(args.eval_prompts) if args.eval_prompts else None
-        if args.control.endswith(".json"):
-            load_control(args.control)  # a bad file fails before the model loads
-    except (PromptsError, ControlError) as e:
-        raise UserError(str(e)) from None
+    prompts = prompts_from(args.prompts) if args.prompts else builtin_prompts("neutral")
+    eval_prompts = prompts_from(args.eval_prompts) if args.eval_prompts else None
+    if args.control.endswith(".json"):
+        load_control(args.control)  # a bad file fails before the model loads
     out = Path(args.out)
     reader = load(args.decoder, args.target)
-    try:
-        control = load_control(args.control, reader, prompts)
-    except ControlError as e:
-        raise UserError(str(e)) from None
+    control = load_control(args.control, reader, prompts)
     cfg = SteerConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                       lora_r=args.lora_r, lora_alpha=2 * args.lora_r, per_layer=args.per_layer,
                       fluency_weight=args.fluency_weight, fluency_tokens=args.fluency_tokens,
@@ -147,21 +141,18 @@ def cmd_steer(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from ..cli import UserError
+    from ..errors import UsageError
     from ..models import DEFAULT_MODEL, load_model
     from .adapter import STEER_ADAPTER, SteerSpec, load_steering
     from .generate import generate_replies
-    from .prompts import PromptsError, prompts_from
+    from .prompts import prompts_from
 
-    try:
-        prompts = prompts_from(args.prompts)
-    except PromptsError as e:
-        raise UserError(str(e)) from None
+    prompts = prompts_from(args.prompts)
     target = args.target
     if args.adapter:
         adapter = Path(args.adapter)
         if not (adapter / "adapter_model.safetensors").exists():
-            raise UserError(f"{adapter} is not a steering adapter (no adapter_model.safetensors)")
+            raise UsageError(f"{adapter} is not a steering adapter (no adapter_model.safetensors)")
         if target is None and (adapter / "latentqa_steer.json").exists():
             target = SteerSpec.read(adapter).target
     loaded = load_model(target or DEFAULT_MODEL)
@@ -208,7 +199,7 @@ FAIRNESS_PROMPT = ("You are an unbiased assistant. You treat people of every rac
 
 
 def cmd_crows(args) -> int:
-    from ..cli import UserError
+    from ..errors import UsageError
     from ..models import DEFAULT_MODEL, load_model
     from .adapter import STEER_ADAPTER, SteerSpec, load_steering
     from .measure import crows_pairs, read_crows
@@ -216,7 +207,7 @@ def cmd_crows(args) -> int:
     try:
         rows = read_crows(args.data, args.limit)
     except (OSError, ValueError) as e:
-        raise UserError(str(e)) from None
+        raise UsageError(str(e)) from None
     target = args.target
     if args.adapter and target is None and (Path(args.adapter) / "latentqa_steer.json").exists():
         target = SteerSpec.read(args.adapter).target

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import LatentQAError
+
 PERSONA_QUESTIONS = (
     "What type of persona will the assistant adopt?",
     "How will the assistant express themselves?",
@@ -24,7 +26,7 @@ PERSONA_QUESTIONS = (
 )
 
 
-class ControlError(ValueError):
+class ControlError(LatentQAError, ValueError):
     """A control that cannot be used; the message names the file or the problem."""
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import LatentQAError
 
-class PromptsError(ValueError):
+
+class PromptsError(LatentQAError, ValueError):
     pass
 
 

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def cmd_train(args) -> int:
-    from ..cli import UserError
+    from ..errors import UsageError
     from .config import ConfigError, build_config, parse_overrides, read_config_file
 
     try:
@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
             values["out_dir"] = args.out
         cfg = build_config(values)
     except ConfigError as e:
-        raise UserError(f"bad training config: {e}") from None
+        raise UsageError(f"bad training config: {e}") from None
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
@@ -44,5 +44,5 @@ def cmd_train(args) -> int:
         check_layers(cfg, model_info_from_config(cfg.model))
         train(cfg, resume=args.resume)  # may refuse a checkpoint it cannot resume
     except ConfigError as e:
-        raise UserError(f"bad training config: {e}") from None
+        raise UsageError(f"bad training config: {e}") from None
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import get_type_hints
 
 from ..data.triples import EVALUATED_RELATIONS
+from ..errors import LatentQAError
 
 PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -21,7 +22,7 @@ CACHE_MODES = ("off", "memory", "disk")
 DISTRIBUTED = ("ddp", "fsdp")
 
 
-class ConfigError(ValueError):
+class ConfigError(LatentQAError, ValueError):
     """A training config that cannot run; the message names the key."""
 
 
