@@ -24,21 +24,20 @@ import time
 
 import torch
 
-from latentqa.data import load_data, split_by_label
+from latentqa.data import latentqa_files, load_data, split_by_label
 from latentqa.decoder import as_target
 from latentqa.decoding import labelled_logprobs
-from latentqa.evaluation.cli import PERSONA_CONDITIONS, latentqa_files
-from latentqa.evaluation.persona import PersonaEval, build_items, shuffled_donors
+from latentqa.evaluation.persona import CONDITIONS, PersonaEval, build_items, item_donors
 from latentqa.reading import load
 
 
 def one_by_one(evaluator: PersonaEval, data, items) -> int:
     """Every candidate of every condition as its own forward pass: the naive evaluation."""
-    donors = shuffled_donors(items, data, 0)
+    donors = item_donors(items, data, 0)
     acts = evaluator.activations(data, sorted({i.record for i in items} | set(donors)))
     rows = 0
     for k, item in enumerate(items):
-        for condition in PERSONA_CONDITIONS:
+        for condition in CONDITIONS:
             group, adapter = evaluator.group(item, condition, acts, donors[k], data)
             for probe in group.probes:
                 vecs = None if group.vectors is None else [group.vectors]
@@ -77,7 +76,7 @@ def main() -> None:
     start = time.perf_counter()
     evaluator.run(data, items)
     seconds = time.perf_counter() - start
-    rows = sum(len(i.candidates) for i in items) * len(PERSONA_CONDITIONS)
+    rows = sum(len(i.candidates) for i in items) * len(CONDITIONS)
 
     base_items = items[:args.baseline_records]
     start = time.perf_counter()
@@ -88,7 +87,7 @@ def main() -> None:
     print(json.dumps({
         "rows_per_s": round(rate, 2), "baseline_rows_per_s": round(base_rate, 2),
         "speedup": round(rate / base_rate, 2),
-        "projected_minutes_500": round(500 * 5 * len(PERSONA_CONDITIONS) / rate / 60, 1),
+        "projected_minutes_500": round(500 * 5 * len(CONDITIONS) / rate / 60, 1),
         "seconds": round(seconds, 1), "rows": rows, "records": len(items),
         "baseline_seconds": round(base_seconds, 1), "baseline_rows": base_rows,
         "batch_size": args.batch_size, "threads": torch.get_num_threads(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,25 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data (the third-party data, never committed here). Missing, the
+    test is skipped, or fails when ``CI`` is set: CI always has ../shared beside the clone."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        message = (f"needs {path}: the third-party data in ../shared/data beside the checkout "
+                   "(see ../shared/data/SOURCES.md)")
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must run with ../shared beside the clone", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def shared():
+    """``shared("latentqa", "qa.json")``: a path under ../shared/data (see ``shared_path``)."""
+    return shared_path
 
 
 @pytest.fixture(scope="session")

@@ -162,15 +162,15 @@ def test_malformed_dialogs_are_refused(smol_tokenizer, bad):
         render_dialog(smol_tokenizer, bad)
 
 
-def test_pad_rendered_right_and_left():
-    from latentqa.chat import pad_rendered
+def test_pad_tokens_right_and_left():
+    from latentqa.batching import pad_tokens
 
-    ids, attn, masks = pad_rendered([([5, 6, 7], [False, True, True]), ([8], [True])], 0)
+    ids, attn, masks = pad_tokens([([5, 6, 7], [False, True, True]), ([8], [True])], 0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
     assert attn.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert masks.tolist() == [[False, True, True], [True, False, False]]
-    ids, attn, masks = pad_rendered([[5, 6, 7], torch.tensor([8])], 9, side="left")
+    ids, attn, masks = pad_tokens([[5, 6, 7], torch.tensor([8])], 9, side="left")
     assert ids.tolist() == [[5, 6, 7], [9, 9, 8]] and masks is None
     assert attn.tolist() == [[1, 1, 1], [0, 0, 1]]
     with pytest.raises(ValueError, match="side"):
-        pad_rendered([[1]], 0, side="middle")
+        pad_tokens([[1]], 0, side="middle")

@@ -3,13 +3,9 @@
 import json
 from pathlib import Path
 
-import pytest
-
 from latentqa.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "latentqa"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
 
 
 def _run(capsys, *args):
@@ -19,8 +15,8 @@ def _run(capsys, *args):
     return code, out, err
 
 
-@needs_shared
-def test_stats_on_the_shared_files(capsys):
+def test_stats_on_the_shared_files(capsys, shared):
+    SHARED = shared("latentqa")
     files = [SHARED / f for f in ("system.json", "control.json", "stimulus.json", "qa.json")]
     code, out, _ = _run(capsys, *files, "--json")
     assert code == 0

@@ -18,8 +18,6 @@ from latentqa.data.splits import is_held_out
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 GOOD, BAD = FIXTURES / "good", FIXTURES / "bad"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "latentqa"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
 
 
 def test_loads_every_kind_with_the_papers_messages_and_read_turns():
@@ -156,8 +154,8 @@ def test_split_data_keeps_a_labels_records_together():
         assert all(part.records[p.record].label in part.labels for p in part.pairs)
 
 
-@needs_shared
-def test_shared_latentqa_files_give_the_papers_counts():
+def test_shared_latentqa_files_give_the_papers_counts(shared):
+    SHARED = shared("latentqa")
     files = [SHARED / f for f in ("system.json", "control.json", "stimulus.json", "qa.json")]
     data = load_data(files, system_recovery=False)
     assert len(data.records) == 1634
@@ -167,8 +165,8 @@ def test_shared_latentqa_files_give_the_papers_counts():
     assert sum(not p.derived for p in with_recovery.pairs) == 3268
 
 
-@needs_shared
-def test_unlabeled_system_prompts_are_usable_through_recovery():
+def test_unlabeled_system_prompts_are_usable_through_recovery(shared):
+    SHARED = shared("latentqa")
     data, problems = read_data(SHARED / "unlabeled_system.json")
     assert problems == []
     assert len(data.records) == len(data.pairs) == 7844

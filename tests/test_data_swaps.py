@@ -14,7 +14,6 @@ from latentqa.data import (
 )
 
 GOOD = Path(__file__).parent / "fixtures" / "data" / "good"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "latentqa"
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +57,8 @@ def test_zero_swaps_is_the_same_data_and_negative_is_refused(fixture_data):
         add_system_swaps(fixture_data, -1)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
-def test_swaps_on_the_shared_data_stay_inside_the_training_labels():
-    files = [SHARED / f for f in ("system.json", "control.json", "qa.json")]
+def test_swaps_on_the_shared_data_stay_inside_the_training_labels(shared):
+    files = [shared("latentqa") / f for f in ("system.json", "control.json", "qa.json")]
     train, held_out = split_by_label(load_data(files), 0.1, 0)
     out = add_system_swaps(train, 2, seed=3)
     swaps = _swaps(out)

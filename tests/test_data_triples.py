@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import shared_path
 
 from latentqa.data import (
     DataError,
@@ -102,8 +102,8 @@ def test_records_are_drawn_round_robin_and_read_only_the_subjects_last_token(smo
 
 
 def test_mix_adds_about_the_share_and_runs_out_gracefully():
-    data = load_data([SHARED_DATA / "latentqa" / "control.json",
-                      SHARED_DATA / "latentqa" / "qa.json"])
+    data = load_data([shared_path("latentqa", "control.json"),
+                      shared_path("latentqa", "qa.json")])
     triples = load_triples([FIXTURES])
     mixed = add_relation_records(data, triples, 0.5)
     added = len(mixed.pairs) - len(data.pairs)
@@ -117,9 +117,9 @@ def test_mix_adds_about_the_share_and_runs_out_gracefully():
 
 
 def test_shared_relations_exclude_every_evaluated_patchscopes_relation():
-    folder = SHARED_DATA / "relations"
+    folder = shared_path("relations")
     names = {t.name for t in load_triples([folder])}
-    evaluated = {p.stem for p in (SHARED_DATA / "patchscopes_factual").glob("*.tsv")}
+    evaluated = {p.stem for p in shared_path("patchscopes_factual").glob("*.tsv")}
     assert names and not names & evaluated
     raw = {p.stem for p in folder.rglob("*.json")}
     assert raw & evaluated  # the folder does hold some of them: the exclusion is doing work

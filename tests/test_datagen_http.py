@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import shared_path
 
 from latentqa.cli import main
 
@@ -222,9 +223,7 @@ def test_qa_for_existing_system_prompts(server, tmp_path):
 
 
 def test_qa_for_shared_unlabeled_file_limit(server, tmp_path):
-    shared = Path(__file__).resolve().parents[2] / "shared/data/latentqa/unlabeled_system.json"
-    if not shared.exists():
-        pytest.skip("shared data not present")
+    shared = shared_path("latentqa", "unlabeled_system.json")
     srv = server()
     out = tmp_path / "out"
     assert main(http_args(srv, out, "--qa-for", str(shared), "--limit", "3")) == 0

@@ -9,9 +9,10 @@ import pytest
 from latentqa.datagen import validate
 from latentqa.datagen.errors import DatagenError, FieldFailed, InvalidOutput
 from latentqa.datagen.export import build
-from latentqa.datagen.store import JsonlLog, write_json_atomic
+from latentqa.datagen.store import JsonlLog
 from latentqa.datagen.text import Labels, NearDuplicates, slugify
 from latentqa.datagen.units import Asker
+from latentqa.files import write_json
 
 
 def test_torn_last_line_is_dropped_and_cut(tmp_path):
@@ -31,7 +32,7 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
-    write_json_atomic(tmp_path / "x.json", {"k": [1]})
+    write_json(tmp_path / "x.json", {"k": [1]})
     assert json.loads((tmp_path / "x.json").read_text()) == {"k": [1]}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 

@@ -7,21 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_path
 
 from latentqa.cli import main
 from latentqa.data import load_data
 from latentqa.evaluation import persona
 from latentqa.evaluation.null import HIDDEN_INSTRUCTIONS, null_hallucination
-from latentqa.evaluation.persona import Item, build_items, report, shuffled_donors
-from latentqa.evaluation.stats import mcnemar_exact, wilson_interval
+from latentqa.evaluation.persona import Item, build_items, item_donors, report
+from latentqa.stats import mcnemar_exact, wilson_interval
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "data" / "good")
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "latentqa"
-
-
 @pytest.fixture(scope="module")
 def shared_data():
-    return load_data([SHARED / "system.json", SHARED / "control.json", SHARED / "qa.json"],
+    folder = shared_path("latentqa")
+    return load_data([folder / "system.json", folder / "control.json", folder / "qa.json"],
                      system_recovery=False)
 
 
@@ -45,7 +44,7 @@ def test_items_take_distractors_from_the_same_family(shared_data):
 
 def test_shuffled_never_uses_the_records_own_label(shared_data):
     items = build_items(shared_data, choices=3, seed=0)[:300]
-    donors = shuffled_donors(items, shared_data, seed=0)
+    donors = item_donors(items, shared_data, seed=0)
     assert all(shared_data.records[d].label != i.label for d, i in zip(donors, items))
 
 
@@ -55,6 +54,9 @@ class FakeReader:
 
         self.tokenizer, self.builder, self.pad_id = tokenizer, ProbeBuilder(tokenizer), 2
         self.model, self.spec = None, None
+
+    def probe(self, count, question, answer=None, layer=None):
+        return self.builder.build(count, question, answer, supervise="answer")
 
 
 def test_each_condition_builds_what_it_claims(smol_tokenizer, shared_data):

@@ -10,15 +10,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 
 from latentqa.cli import main
+from latentqa.controls import NoDonorError
 from latentqa.data import DataError
 from latentqa.evaluation import relations as R
 from latentqa.evaluation.probe import LinearProbe
 from latentqa.reading import Read
 
 FIXTURE = Path(__file__).parent / "fixtures" / "relations"
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "patchscopes_factual"
 HEADER = ("\tsample_id\tprompt_target\tposition_target\ttarget_baseline\tobject\tsubject\t"
           "generations_baseline\tgenerations_baseline_str\tis_correct_baseline\tprompt_source\t"
           "position_source\tsource_cropped_toks\n")
@@ -86,8 +87,7 @@ def test_unknown_relations_and_missing_paths(tmp_path):
 
 
 def test_the_shipped_data_loads_with_a_question_per_relation():
-    if not SHARED.is_dir():
-        pytest.skip("../shared/data/patchscopes_factual is not here")
+    SHARED = shared_path("patchscopes_factual")
     rels = R.load_relations([SHARED])
     assert {r.name for r in rels} == set(R.QUESTIONS)
     for r in rels:
@@ -165,11 +165,12 @@ def test_split_is_by_subject_stratified_and_seeded():
 
 def test_shuffled_donors_have_another_subject_and_object():
     facts = synthetic_facts()
-    donors = R.shuffled_donors(facts, seed=0)
+    donors = R.fact_donors(facts, seed=0)
     assert all(facts[d].subject != f.subject and facts[d].object != f.object
                for f, d in zip(facts, donors))
     lone = [R.Fact("rel", "a", "X", "a", 0, 1, "f:1"), R.Fact("rel", "b", "X", "b", 0, 1, "f:2")]
-    assert R.shuffled_donors(lone, seed=0) == [None, None]
+    with pytest.raises(NoDonorError, match="f:1"):
+        R.fact_donors(lone, seed=0)
 
 
 # ---- the probe --------------------------------------------------------------------------
@@ -250,6 +251,9 @@ class FakeReader:
             return ["I am not sure."] * len(pairs)
         return [f"That would be {self.object[dialogs[d][0]['content']]}." for d, _q in pairs]
 
+    def target_replies(self, dialogs, **_kw):
+        return ["Maybe the Yen?"] * len(dialogs)
+
     def activations(self, dialogs, *, read, layer):
         g = torch.Generator().manual_seed(layer)
         out = []
@@ -264,8 +268,6 @@ def run_fake(smol_tokenizer, monkeypatch, layers=(3, 5)):
     rels = R.load_relations([FIXTURE])
     facts = [f for r in rels for f in r.facts]
     reader = FakeReader(smol_tokenizer, facts)
-    monkeypatch.setattr(R, "generate_plain",
-                        lambda reader, prompts, **kw: ["Maybe the Yen?"] * len(prompts))
     ev = R.RelationsEval(reader, seed=0, test_fraction=0.4)
     return reader, rels, ev.run(rels, list(layers))
 
@@ -389,8 +391,7 @@ def test_eval_relations_cli_end_to_end(tiny_decoder, tmp_path, capsys):
 
 @pytest.mark.heavy
 def test_eval_relations_on_the_shipped_decoder(tmp_path):
-    if not SHARED.is_dir():
-        pytest.skip("../shared/data/patchscopes_factual is not here")
+    SHARED = shared_path("patchscopes_factual")
     out = tmp_path / "rel.json"
     assert main(["eval", "relations", "--data", str(SHARED), "--limit", "4",
                  "--relations", "country_currency,person_plays_pro_sport",

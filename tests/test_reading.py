@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from reading_fixtures import dev_decoder_dir, shipped_or_skip
+from reading_fixtures import dev_decoder_dir, shipped_decoder
 
 from latentqa.arch import LayerError
 from latentqa.chat import DialogTooLongError
@@ -77,7 +77,7 @@ def test_packed_scores_equal_an_unpacked_forward_per_candidate(lqa):
     score = lqa.score(DIALOG, DESCRIBE, cands)
     vectors = lqa.activations(DIALOG)[0]
     for cand, got in zip(cands, score.candidates):
-        probe = lqa._probe(len(vectors), DESCRIBE, cand, None)
+        probe = lqa.probe(len(vectors), DESCRIBE, cand)
         with torch.no_grad():
             want, _ = labelled_logprobs(
                 lqa.model, probe.input_ids[None], torch.ones_like(probe.input_ids)[None],
@@ -153,16 +153,16 @@ def test_bad_options(lqa):
 
 @pytest.fixture(scope="module")
 def shipped():
-    return load(shipped_or_skip())
+    return load(shipped_decoder())
 
 
 def _top1(scores, cases):
     return sum(s.best == c.description for s, c in zip(scores, cases))
 
 
-@pytest.mark.xfail(strict=False, reason="the shipped decoder reads hidden system prompts weakly "
-                   "(0.60 vs 0.39 shuffled in eval persona, v0.4); the target of issue 5 is a "
-                   "majority")
+@pytest.mark.xfail(strict=True, reason="the shipped decoder reads hidden system prompts weakly "
+                   "(0.60 vs 0.39 shuffled in eval persona, v0.4); issue 22 makes it pass; strict, "
+                   "so a decoder that passes turns this into a failure until the mark goes")
 def test_shipped_decoder_reads_hidden_system_prompts(shipped):
     """The true description wins for most hidden prompts, and markedly less often when the
     decoder is given another dialog's activations."""

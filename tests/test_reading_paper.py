@@ -64,7 +64,7 @@ def test_preset_sets_the_papers_layers_and_layout(paper):
 
 def test_probe_is_the_reference_prompt_token_by_token(paper):
     tok = paper.tokenizer
-    probe = paper._probe(3, "What is the persona?", None, None)
+    probe = paper.probe(3, "What is the persona?")
     text = tok.decode(probe.input_ids)
     assert text == (
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n???<|eot_id|>"
@@ -79,7 +79,7 @@ def test_probe_is_the_reference_prompt_token_by_token(paper):
     assert [ids[i] for i in where] == [qmark] * 3
     assert ids[where[0] - 1] == tok("\n\n", add_special_tokens=False)["input_ids"][-1]
     assert ids[where[-1] + 1] == tok.convert_tokens_to_ids("<|eot_id|>")
-    scored = paper._probe(3, "What is the persona?", "A pirate.", None)
+    scored = paper.probe(3, "What is the persona?", "A pirate.")
     labelled = zip(scored.input_ids.tolist(), scored.labels.tolist())
     answer = [i for i, lab in labelled if lab != -100]
     assert tok.decode(answer) == "A pirate.<|eot_id|>"  # the answer only, with its stop token

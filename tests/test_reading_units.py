@@ -14,7 +14,7 @@ from latentqa.reading.controls import check_control, shuffled_sources
 from latentqa.reading.decoders import check_compatible, model_name, resolve_decoder
 from latentqa.reading.inputs import as_dialogs, as_questions, shaped
 from latentqa.reading.reader import config_info
-from latentqa.reading.selection import as_read, parse_read
+from latentqa.selection import as_read, parse_read
 
 DIALOG = [{"role": "system", "content": "You are a pirate."},
           {"role": "user", "content": "Hi there!"},

@@ -532,3 +532,147 @@ def test_data_generate_command_against_the_server(reader, tmp_path, monkeypatch,
     assert rejected and all(r["output"].strip() for r in rejected)  # the target's replies
     # what was written is a consistent dataset of the labels that made it: none
     assert "wrote 0 labels" in said.out and json.loads((out / "qa.json").read_text()) == {}
+
+
+# ---- the rules shared with the command line (latentqa.validation) -----------------------------
+
+LONE = "\ud800"  # a lone surrogate: json.dumps sends it as the escape "\ud800"
+SURROGATE_REQUESTS = [
+    ("/v1/read", {"messages": [{"role": "user", "content": LONE}], "questions": ["q"]},
+     "messages.0.content"),
+    ("/v1/read", {"messages": DIALOG, "questions": ["q", LONE]}, "questions.1"),
+    ("/v1/score", {"messages": [{"role": "user", "content": LONE}], "questions": ["q"],
+                   "candidates": ["a"]}, "messages.0.content"),
+    ("/v1/score", {"messages": DIALOG, "questions": [LONE], "candidates": ["a"]},
+     "questions.0"),
+    ("/v1/score", {"messages": DIALOG, "questions": ["q"], "candidates": ["a", LONE]},
+     "candidates.1"),
+    ("/v1/tokens", {"messages": [{"role": "user", "content": "a" + LONE}]},
+     "messages.0.content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONE}]},
+     "messages.0.content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": LONE}]}]}, "messages.0.content"),
+    ("/v1/chat/completions", {"messages": DIALOG[:2], "stop": [LONE]}, "stop.0"),
+]
+
+
+@pytest.mark.parametrize("path, body, param", SURROGATE_REQUESTS,
+                         ids=[f"{p}:{q}" for p, _, q in SURROGATE_REQUESTS])
+def test_a_lone_surrogate_is_a_422_naming_the_field(client, path, body, param):
+    r = client.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+    err = error_of(r, 422)
+    assert err["param"] == param and "lone surrogate" in err["message"]
+
+
+STRICT = [
+    ("layer true", {"layer": True}, "layer"),
+    ("layer as text", {"layer": "2"}, "layer"),
+    ("read [true]", {"read": [True]}, "read"),
+    ("temperature true", {"temperature": True}, "temperature"),
+    ("max_new_tokens true", {"max_new_tokens": True}, "max_new_tokens"),
+    ("temperature over 2", {"temperature": 2.5}, "temperature"),
+    ("top_p over 1", {"top_p": 2}, "top_p"),
+]
+
+
+@pytest.mark.parametrize("name, extra, param", STRICT, ids=[s[0] for s in STRICT])
+def test_fields_are_strict_no_coercion(client, name, extra, param):
+    body = {"messages": DIALOG, "questions": [QUESTION], "max_new_tokens": 2, **extra}
+    assert error_of(client.post("/v1/read", json=body), 422)["param"].startswith(param)
+
+
+def test_unknown_roles_are_refused_everywhere(client):
+    wizard = [{"role": "system", "content": "Be brief."}, {"role": "wizard", "content": "Hi"}]
+    for path, extra in [("/v1/read", {"questions": [QUESTION]}),
+                        ("/v1/score", {"questions": [QUESTION], "candidates": ["a"]}),
+                        ("/v1/tokens", {}), ("/v1/chat/completions", {})]:
+        err = error_of(client.post(path, json={"messages": wizard, **extra}), 422)
+        assert err["param"] == "messages.1.role" and "'wizard'" in err["message"], path
+        assert "system, user, assistant" in err["message"]
+    # OpenAI's developer role is the system prompt
+    r = client.post("/v1/chat/completions", json={"max_tokens": 2, "temperature": 0, "messages": [
+        {"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200, r.text
+
+
+def test_chat_with_an_unknown_model_is_a_404_listing_the_known_ones(client):
+    err = error_of(client.post("/v1/chat/completions", json={"model": "gpt-4o",
+                                                             "messages": DIALOG[:2]}), 404)
+    assert err["param"] == "model" and "'gpt-4o'" in err["message"]
+    assert "target" in err["message"] and err["type"] == "not_found"
+    err = error_of(client.post("/v1/chat/completions", json={"adapter": "steer_77",
+                                                             "messages": DIALOG[:2]}), 404)
+    assert err["param"] == "adapter"
+    for model in (None, "target"):  # the plain target, by name or by default
+        body = {"messages": DIALOG[:2], "max_tokens": 2, "temperature": 0}
+        assert client.post("/v1/chat/completions",
+                           json=body if model is None else dict(body, model=model)
+                           ).status_code == 200
+
+
+def test_a_corrupt_adapter_is_a_400_naming_the_file(client, steering_adapter, tmp_path):
+    bad = tmp_path / "adapter"
+    shutil.copytree(steering_adapter, bad)
+    weights = bad / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    err = error_of(client.post("/v1/adapters", json={"path": str(bad)}), 400)
+    assert err["param"] == "path" and str(weights) in err["message"]
+    assert "truncated or corrupt" in err["message"]
+    assert client.get("/health").json()["adapters"] == []
+
+
+def test_steer_checks_the_config_before_accepting_it(reader, tmp_path):
+    from latentqa.serve.steer import find_steer_fn
+
+    steer_fn = find_steer_fn(reader)  # latentqa.steering's, with its config check
+    assert steer_fn is not None and callable(steer_fn.check)
+    jobs = tmp_path / "jobs"
+    with TestClient(create_app(reader, limits=LIMITS, steer_fn=steer_fn,
+                               steer_dir=jobs)) as c:
+        for body, param in [({}, "config.control"), ({"config": {}}, "config.control"),
+                            ({"config": {"control": "Be a pirate.", "stepz": 3}},
+                             "config.stepz"),
+                            ({"config": {"control": "Be a pirate.", "steps": True}},
+                             "config.steps"),
+                            ({"config": {"control": "Be a pirate.", "steps": 0}},
+                             "config.steps"),
+                            ({"config": {"control": [["q"]]}}, "config.control"),
+                            ({"config": {"control": str(tmp_path / "none.json")}},
+                             "config.control"),
+                            ({"config": {"control": "Be a pirate.", "prompts": []}},
+                             "config.prompts"),
+                            ({"config": {"control": "x", "note": LONE}}, "config.note")]:
+            r = c.post("/v1/steer", content=json.dumps(body),
+                       headers={"Content-Type": "application/json"})
+            assert error_of(r, 422)["param"] == param, body
+        assert c.get("/health").json()["queued"] == 0
+    assert not jobs.exists() or not any(jobs.iterdir())  # no job folder left behind
+
+
+def test_a_steering_run_that_fails_leaves_no_empty_folder(reader, tmp_path):
+    def steer_fn(config, out_dir):
+        raise ValueError("bad steering config")
+
+    jobs = tmp_path / "jobs"
+    with TestClient(create_app(reader, limits=LIMITS, steer_fn=steer_fn,
+                               steer_dir=jobs)) as c:
+        job = c.post("/v1/steer", json={"config": {"x": 1}}).json()
+        for _ in range(200):
+            job = c.get(f"/v1/steer/{job['id']}").json()
+            if job["status"] in ("done", "failed"):
+                break
+            time.sleep(0.05)
+        assert job["status"] == "failed" and job["error"] == "bad steering config"
+    assert not (jobs / job["id"]).exists()
+
+
+def test_page_csp_is_what_the_docs_say(client):
+    from pathlib import Path
+
+    from latentqa.serve.security import PAGE_CSP
+
+    sent = client.get("/").headers["content-security-policy"]
+    assert sent == PAGE_CSP
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "serve.md").read_text()
+    assert f"`Content-Security-Policy: {sent}`" in doc

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_path
 
 from latentqa.cli import main
 from latentqa.steering import (
@@ -66,9 +67,8 @@ def test_control_files_and_errors(tmp_path, control_file):
         read_control_file(tmp_path / "broken.json")
     with pytest.raises(ControlError, match="needs the decoder"):
         load_control("Be a pirate.")
-    shared = Path(__file__).resolve().parents[2] / "shared/data/latentqa/controls"
-    if (shared / "promote_veganism.json").exists():
-        assert len(read_control_file(shared / "promote_veganism.json").qa) >= 5
+    veganism = shared_path("latentqa", "controls", "promote_veganism.json")
+    assert len(read_control_file(veganism).qa) >= 5
 
 
 def test_prompt_files(tmp_path):

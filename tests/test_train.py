@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, shared_path
 from safetensors.torch import load_file
 
 from latentqa.cli import main
@@ -21,6 +21,11 @@ from latentqa.train import ConfigError, build_config
 from latentqa.train.checkpoint import STATE, list_checkpoints
 
 DATA = [str(SHARED_DATA / "latentqa" / "control.json"), str(SHARED_DATA / "latentqa" / "qa.json")]
+
+
+@pytest.fixture(autouse=True)
+def _shared_data():
+    shared_path("latentqa", "qa.json")  # every test here trains or configures on it
 
 
 def _args(target, out, **extra):

@@ -46,10 +46,6 @@ class RenderedDialog:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    @property
-    def is_scaffold(self) -> list[bool]:
-        return [m == SCAFFOLD for m in self.message_index]
-
     def token_span(self, message: int) -> tuple[int, int]:
         """[start, end) token range of one message's content (empty range if it has none)."""
         idx = [i for i, m in enumerate(self.message_index) if m == message]
@@ -339,26 +335,3 @@ def _tokenize_slow(tokenizer, text, char_spans):
         ids += piece_ids
         offsets += [(a, b)] * len(piece_ids)
     return ids, offsets
-
-
-def pad_rendered(rows, pad_id: int, *, side: str = "right"):
-    """Stack token rows for one forward pass: ``(ids, attention_mask, masks)``.
-
-    A row is a token sequence (list or tensor) or a ``(tokens, bool mask)`` pair; ``masks`` is
-    None when no row carries one. Right padding suits scoring and reading; left padding suits
-    generation, where every row must end where new tokens begin.
-    """
-    if side not in ("left", "right"):
-        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
-    paired = bool(rows) and isinstance(rows[0], tuple)
-    tokens = [torch.as_tensor(r[0] if paired else r, dtype=torch.long) for r in rows]
-    width = max(len(t) for t in tokens)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    masks = torch.zeros((len(rows), width), dtype=torch.bool) if paired else None
-    for i, t in enumerate(tokens):
-        span = slice(width - len(t), width) if side == "left" else slice(0, len(t))
-        ids[i, span], attn[i, span] = t, 1
-        if paired:
-            masks[i, span] = torch.as_tensor(rows[i][1], dtype=torch.bool)
-    return ids, attn, masks

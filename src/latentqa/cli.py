@@ -81,22 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
     for module in ("latentqa.data.cli", "latentqa.datagen.cli"):
         _register(module, data_sub)
+    evaluations = None
     for module in ("latentqa.reading.cli", "latentqa.train.cli", "latentqa.evaluation.cli",
                    "latentqa.steering.cli", "latentqa.serve.cli"):
-        _register(module, sub)
+        added = _register(module, sub)
+        evaluations = added if module == "latentqa.evaluation.cli" else evaluations
+    if evaluations is not None:  # steering's own measurement, listed with the evaluations
+        _register("latentqa.steering.cli", evaluations, "register_crows")
     return parser
 
 
-def _register(module: str, subparsers) -> None:
+def _register(module: str, subparsers, function: str = "register"):
     import importlib
     import importlib.util
 
     try:  # areas not built yet simply add no commands; errors inside a built one still raise
         if importlib.util.find_spec(module) is None:
-            return
+            return None
     except ModuleNotFoundError:
-        return
-    importlib.import_module(module).register(subparsers)
+        return None
+    return getattr(importlib.import_module(module), function)(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,32 @@ from pathlib import Path
 
 import torch
 
-from .errors import MissingFileError
+from .errors import MissingFileError, ReadingError
 from .files import atomic_dir
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class DecoderError(ReadingError):
+    """A decoder directory that cannot be used: missing, incomplete, corrupt, or unknown
+    options. (``latentqa.reading.errors`` exports it with the other reading errors.)"""
+
+
+def check_adapter_weights(adapter_dir: str | Path) -> Path:
+    """The adapter's safetensors file, if its header reads whole (a truncated or overwritten
+    file fails here, in a millisecond, instead of deep inside peft); else ``DecoderError``
+    naming the file. Reads the header only, never the tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(adapter_dir) / ADAPTER_WEIGHTS
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DecoderError(f"{path} is not a readable safetensors file ({reason}); it may be "
+                           "truncated or corrupt: save or copy the adapter again") from None
+    return path
 
 
 def add_decoder_adapter(
@@ -88,16 +112,25 @@ def load_decoder_adapter(model: torch.nn.Module, adapter_dir: str | Path, *,
                          adapter_name: str = "default", trainable: bool = False):
     """Attach a saved peft adapter (safetensors only) to ``model``."""
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_model.safetensors").exists():
+    if not (adapter_dir / ADAPTER_WEIGHTS).exists():
         raise MissingFileError(
-            f"{adapter_dir} holds no adapter_model.safetensors; latentqa loads adapters only "
+            f"{adapter_dir} holds no {ADAPTER_WEIGHTS}; latentqa loads adapters only "
             "from safetensors"
         )
-    with _quiet_whole_block_warning():  # full fine-tuning adapters wrap whole blocks
-        return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name,
-                                         is_trainable=trainable)
+    weights = check_adapter_weights(adapter_dir)
+    try:
+        with _quiet_whole_block_warning():  # full fine-tuning adapters wrap whole blocks
+            return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name,
+                                             is_trainable=trainable)
+    except SafetensorError as e:  # a header that reads but tensors that do not
+        raise DecoderError(f"cannot read {weights}: {str(e).strip() or 'corrupt file'}") \
+            from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DecoderError(f"{adapter_dir / 'adapter_config.json'} is not valid JSON: {e}") \
+            from None
 
 
 @contextlib.contextmanager
@@ -228,10 +261,15 @@ class DecoderSpec:
                 "written by `latentqa train` that says which target, layers and probe to use)")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(raw, dict):
+                raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
             known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ValueError(f"{path} is not a valid decoder sidecar: {e}") from None
+            spec = cls(**{k: v for k, v in raw.items() if k in known})
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+            raise DecoderError(f"{path} is not a valid decoder sidecar: {e}") from None
+        if (Path(directory) / ADAPTER_WEIGHTS).exists():  # the directory's weights read too
+            check_adapter_weights(directory)
+        return spec
 
 
 def save_decoder(model, directory: str | Path, spec: DecoderSpec, *,

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from .activations import capture, gather, inject, position_ids_from_mask
+from .batching import pad_id
 from .data.probe import pad_probes
 from .decoder import as_target
+from .generation import cut_at_end, end_ids, generate_batch
 
 IGNORE_INDEX = -100
 
@@ -317,16 +319,13 @@ def generate_answers(model, tokenizer, input_ids, attention_mask, placeholder_ma
 
     The KV cache is used; the injection acts only on the prompt pass.
     """
-    if seed is not None:
-        torch.manual_seed(seed)
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                  pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                  else tokenizer.eos_token_id)
-    if do_sample:
-        kwargs.update(temperature=temperature, top_p=top_p)
     ctx = (inject(model, write_layer, placeholder_mask, vectors, mode, once=True)
            if vectors is not None else contextlib.nullcontext())
     with ctx:
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    new = out[:, input_ids.shape[1]:]
+        new = generate_batch(model, input_ids, attention_mask, pad_id=pad_id(tokenizer),
+                             max_new_tokens=max_new_tokens,
+                             temperature=temperature if do_sample else 0.0, top_p=top_p,
+                             seed=seed)
+    ends = end_ids(model, tokenizer)
+    new = [cut_at_end(row, ends)[0] for row in new.tolist()]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]

@@ -19,3 +19,7 @@ class UsageError(LatentQAError, ValueError):
 
 class MissingFileError(LatentQAError, FileNotFoundError):
     """A file or folder the user named does not exist or lacks what it should hold."""
+
+
+class ReadingError(LatentQAError, ValueError):
+    """Bad input to reading: an empty dialog, no questions, a selection that reads nothing..."""

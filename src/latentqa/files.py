@@ -13,27 +13,58 @@ from pathlib import Path
 from .errors import MissingFileError
 
 
-def write_text(path, text: str) -> Path:
+@contextlib.contextmanager
+def atomic_file(path, mode: str = "w"):
+    """Yield ``path`` opened for writing under a temporary name beside it; on success the file
+    is flushed to disk and renamed to ``path``, on any error removed. ``mode``: "w" or "wb"."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return path
 
 
-def write_json(path, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+def write_bytes(path, data: bytes) -> Path:
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_text(path, text: str) -> Path:
+    with atomic_file(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json(path, obj, *, indent: int = 2, ensure_ascii: bool = True) -> Path:
+    return write_text(path, json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii,
+                                       default=str) + "\n")
 
 
 def write_jsonl(path, rows) -> Path:
     return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def save_figure(fig, path, **savefig) -> Path:
+    """Save a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_file(path, "wb") as f:
+            fig.savefig(f, format="png", **savefig)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

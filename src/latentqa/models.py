@@ -12,12 +12,15 @@ Weights are only ever read from safetensors (or GGUF); remote code runs only whe
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import os
 import re
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +80,34 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # peft's PeftModel reads transformers' deprecated `is_gradient_checkpointing`, so every
+    # adapter load warns about code that is neither ours nor the user's. Only that warning, from
+    # that module, is ignored; every other warning still shows.
+    warnings.filterwarnings(
+        "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning,
+        module=r"transformers\.modeling_utils",
+    )
+
+
+@contextlib.contextmanager
+def _no_gguf_progress_bar():
+    """Silence the tqdm bar transformers' GGUF reader draws ("Converting and de-quantizing GGUF
+    tensors..."): it calls ``tqdm.auto.tqdm`` directly, past ``disable_progress_bar()``, and
+    tqdm reads ``TQDM_DISABLE`` only when it is imported, so the bar is switched off here."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # a transformers without GGUF support fails later, with its own error
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def builtin_gguf_path(spec: str) -> Path:
@@ -139,19 +170,11 @@ def _convert_builtin(spec: str, target: Path) -> None:
     """GGUF -> dequantized safetensors folder, written to a temp dir then renamed into place."""
     gguf = builtin_gguf_path(spec)
     print(f"latentqa: converting {gguf.name} once into {target} (takes ~30 s)", file=sys.stderr)
-    # The GGUF reader draws its own tqdm bar, past transformers' switch for progress bars.
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
+    with _no_gguf_progress_bar():  # one line above says what happens; no bar beside it
         model, tokenizer = _load_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, device="cpu",
             attn="sdpa", trust_remote_code=False,
         )
-    finally:
-        if previous is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = previous
     # transformers marks GGUF-loaded models as quantized and refuses to save them; the weights
     # are already dequantized to fp32, so the mark is stale.
     model.hf_quantizer = None

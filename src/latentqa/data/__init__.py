@@ -7,7 +7,15 @@ from .collate import Collator
 from .errors import DataError, Problem
 from .examples import Example, LatentQADataset, TargetInput, build_example, render_target
 from .layouts import AO_LAYOUT, LAYOUTS, PAPER_LAYOUT, ProbeLayout
-from .loading import LatentQAData, load_data, pair_up, read_data, validate
+from .loading import (
+    LATENTQA_FILES,
+    LatentQAData,
+    latentqa_files,
+    load_data,
+    pair_up,
+    read_data,
+    validate,
+)
 from .plain import PLAIN_LABEL, PLAIN_QA, add_plain_dialogs
 from .probe import IGNORE_INDEX, Probe, ProbeBuilder, build_probe, placeholder_token_id
 from .records import (
@@ -32,6 +40,7 @@ from .triples import (
 )
 
 __all__ = [
+    "LATENTQA_FILES", "latentqa_files",
     "Collator", "DataError", "Problem",
     "Example", "LatentQADataset", "TargetInput", "build_example", "render_target",
     "AO_LAYOUT", "LAYOUTS", "PAPER_LAYOUT", "ProbeLayout",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..chat import render_dialog
+from ..selection import Read, render_read
 from .layouts import PAPER_LAYOUT, ProbeLayout
 from .loading import LatentQAData
 from .probe import ProbeBuilder
@@ -38,14 +38,12 @@ class Example:
 
 
 def render_target(tokenizer, record: Record, *, max_tokens: int | None = None) -> TargetInput:
-    rendered = render_dialog(tokenizer, list(record.messages),
-                             add_generation_prompt=record.generation_prompt,
-                             max_tokens=max_tokens)
     # Whole turns: a read turn's role header and end marker are read too (they carry the
-    # model's state at those points); turn_index gives the injected default system prompt -1.
-    if record.read_span is None:
-        read_mask = rendered.mask(record.read, whole_turns=True)
-    else:
+    # model's state at those points), never a default system prompt the template injects.
+    rendered, read_mask = render_read(
+        tokenizer, record.messages, Read.of_messages(*record.read), max_tokens=max_tokens,
+        add_generation_prompt=record.generation_prompt)
+    if record.read_span is not None:
         span = rendered.char_tokens(record.read[0], *record.read_span)
         if span is None:
             raise ValueError(f"{record.source or 'record'} #{record.index}: no token covers "

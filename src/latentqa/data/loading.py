@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..errors import UsageError
+from ..validation import ROLES, unicode_problem
 from .errors import DataError, Problem
 from .records import (
     DIALOG_KIND,
@@ -26,7 +28,6 @@ from .records import (
     Record,
 )
 
-ROLES = ("system", "user", "assistant")
 JSONL_FIELDS = ("messages", "read", "label", "qa", "generation_prompt")
 QA_KIND = "qa"
 
@@ -75,6 +76,25 @@ def expand_paths(paths) -> list[Path]:
             out += sorted(q for q in p.iterdir() if q.suffix in (".json", ".jsonl") and q.is_file())
         else:
             out.append(p)
+    return out
+
+
+LATENTQA_FILES = ("system.json", "control.json", "stimulus.json", "stimulus_completion.json",
+                  "qa.json")
+
+
+def latentqa_files(paths) -> list[Path]:
+    """Files as given; a folder stands for the LatentQA files it holds by their usual names (so
+    ``unlabeled_system.json`` and other extras beside them are not read)."""
+    out = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = [p / name for name in LATENTQA_FILES if (p / name).is_file()]
+        if not found:
+            raise UsageError(f"{p} holds none of {', '.join(LATENTQA_FILES)}")
+        out += found
     return out
 
 
@@ -202,6 +222,10 @@ def _check_string(value, problems, name, where, fld, index) -> bool:
         return False
     if not value.strip():
         problems.append(Problem(name, where, fld, "is empty", index))
+        return False
+    bad = unicode_problem(value)  # a JSON "\ud800" escape decodes to a lone surrogate
+    if bad:
+        problems.append(Problem(name, where, fld, bad, index))
         return False
     return True
 

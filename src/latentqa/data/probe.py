@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..batching import attention_mask, pad
 from ..chat import render_dialog
 from .layouts import PAPER_LAYOUT, PLACEHOLDERS, ProbeLayout
 
@@ -109,19 +110,7 @@ def build_probe(tokenizer, num_placeholders: int, question: str, answer: str | N
 
 def pad_probes(probes, pad_id: int, side: str):
     """Stack probes: ids, attention mask, placeholder mask, labels, padded on ``side``."""
-    width = max(len(p.input_ids) for p in probes)
-
-    def stack(rows, value, dtype):
-        out = torch.full((len(rows), width), value, dtype=dtype)
-        for i, row in enumerate(rows):
-            if side == "left":
-                out[i, width - len(row):] = row
-            else:
-                out[i, :len(row)] = row
-        return out
-
-    ids = stack([p.input_ids for p in probes], pad_id, torch.long)
-    attn = stack([torch.ones_like(p.input_ids) for p in probes], 0, torch.long)
-    ph = stack([p.placeholder_mask for p in probes], False, torch.bool)
-    labels = stack([p.labels for p in probes], -100, torch.long)
-    return ids, attn, ph, labels
+    ids = [p.input_ids for p in probes]
+    return (pad(ids, pad_id, side=side), attention_mask(ids, side=side),
+            pad([p.placeholder_mask for p in probes], False, side=side),
+            pad([p.labels for p in probes], IGNORE_INDEX, side=side))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from ..chat import ChatTemplateError, DialogTooLongError
+from ..errors import MissingFileError
 from .errors import Problem
 from .examples import render_target
 from .layouts import PAPER_LAYOUT, ProbeLayout
-from .loading import LatentQAData, read_data
+from .loading import LatentQAData, expand_paths, read_data
 from .probe import ProbeBuilder
 
 PERCENTILES = (0, 50, 90, 99, 100)
@@ -66,6 +68,9 @@ def token_lengths(data: LatentQAData, tokenizer, *, layout: ProbeLayout = PAPER_
 
 def compute_stats(paths, tokenizer=None, *, system_recovery: bool = True,
                   layout: ProbeLayout = PAPER_LAYOUT, layer: int | None = None) -> dict:
+    for p in [paths] if isinstance(paths, (str, Path)) else paths:
+        if Path(p).is_dir() and not expand_paths([p]):
+            raise MissingFileError(f"{p} holds no .json or .jsonl files")
     data, problems = read_data(paths, system_recovery=system_recovery)
     report = {"files": data.files, "system_recovery": system_recovery, **count(data)}
     if tokenizer is not None:

@@ -125,16 +125,13 @@ class LocalBackend:
                               trust_remote_code=trust_remote_code))
 
     def complete(self, messages, *, temperature, max_tokens, seed):
-        import torch
+        from ..batching import pad_id
+        from ..generation import generate_text
 
         tok = self.tokenizer
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        enc = tok(text, add_special_tokens=False, return_tensors="pt").to(self.model.device)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        sampling = ({"do_sample": True, "temperature": temperature, "top_p": self.top_p}
-                    if temperature > 0 else {"do_sample": False})
-        with self._lock, torch.no_grad():
-            torch.manual_seed(seed)
-            out = self.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=pad,
-                                      **sampling)
-        return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        prompt = tok(text, add_special_tokens=False)["input_ids"]
+        with self._lock:
+            return generate_text(self.model, tok, [prompt], pad_id=pad_id(tok),
+                                 max_new_tokens=max_tokens, temperature=temperature,
+                                 top_p=self.top_p, seed=seed)[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .store import write_json_atomic
+from ..files import write_json
 
 FILES = ("control.json", "stimulus.json", "stimulus_completion.json", "system.json", "qa.json")
 
@@ -46,4 +46,4 @@ def build(behaviours: list[dict], dialogs: list[dict], qa: list[dict]) -> dict[s
 
 def write(out_dir: str | Path, files: dict[str, object]) -> None:
     for name, content in files.items():
-        write_json_atomic(Path(out_dir) / name, content)
+        write_json(Path(out_dir) / name, content, indent=1, ensure_ascii=False)

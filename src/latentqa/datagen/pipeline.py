@@ -14,13 +14,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..files import write_json
 from . import export, units
 from .backends import ChatBackend
 from .behaviours import collect_behaviours
 from .errors import DatagenError, FieldFailed
 from .inputs import kind_of, read_seeds, read_system_records
 from .prompts import KINDS
-from .store import JsonlLog, write_json_atomic
+from .store import JsonlLog
 from .text import Labels, slugify
 
 log = logging.getLogger("latentqa.datagen")
@@ -177,7 +178,7 @@ def _finish(run: _Run, files: dict) -> Summary:
     s = run.summary
     s.labels = len(files["qa.json"])
     s.records = {name: len(content) for name, content in files.items() if name != "qa.json"}
-    write_json_atomic(run.work / "summary.json", {
+    write_json(run.work / "summary.json", {
         "labels": s.labels, "records": s.records, "failed_this_run": s.failed,
         "rejected_this_run": s.rejected})
     return s

@@ -37,11 +37,9 @@ def register(subparsers) -> None:
     h.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
     h.set_defaults(func=cmd_heldout)
     register_persona(sub)
-    from ..steering.cli import register_crows  # steering's measurement, under `eval`
-
-    register_crows(sub)
     register_relations(sub)
     register_report(sub)
+    return sub
 
 
 def cmd_heldout(args) -> int:
@@ -66,7 +64,7 @@ def cmd_heldout(args) -> int:
     totals = heldout_losses(reader.model, dataset, Collator(reader.tokenizer), idx,
                             layer=spec.read_layer, write_layer=spec.write_layer,
                             mode=spec.injection, batch_size=args.batch_size,
-                            conditions=CONDITIONS)
+                            conditions=CONDITIONS, seed=args.seed)
     result = {"kind": "heldout", "decoder": reader.decoder_path, "pairs": len(idx),
               "split": args.split,
               "labels": len({data.records[data.pairs[i].record].label for i in idx}),
@@ -98,16 +96,12 @@ def register_persona(sub) -> None:
                    help="held-out: only labels the decoder's training held out (its sidecar "
                         "says which); all: every record")
     p.add_argument("--limit", type=int, default=0, help="at most this many records (0: all)")
-    p.add_argument("--conditions", default=",".join(PERSONA_CONDITIONS),
-                   help="comma-separated subset of the conditions")
+    p.add_argument("--conditions",
+                   help="comma-separated subset of the conditions (default: all five)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-null", action="store_true", help="skip the null-hallucination rate")
     p.add_argument("--json", metavar="OUT", help="write the full result (with scores) as JSON")
     p.set_defaults(func=cmd_persona)
-
-
-PERSONA_CONDITIONS = ("activations", "shuffled", "no_activations", "text_only",
-                      "untrained_decoder")
 
 
 def _held_out(data, spec, args, files):
@@ -136,43 +130,23 @@ def _held_out(data, spec, args, files):
     return split_by_label(data, held_out=held_out, seed=seed)[1]
 
 
-LATENTQA_FILES = ("system.json", "control.json", "stimulus.json", "stimulus_completion.json",
-                 "qa.json")
-
-
-def latentqa_files(paths) -> list[Path]:
-    """Files as given; a folder stands for the LatentQA files it holds by their usual names (so
-    ``unlabeled_system.json`` and other extras beside them are not read)."""
-    from ..errors import UsageError
-
-    out = []
-    for p in map(Path, paths):
-        if not p.is_dir():
-            out.append(p)
-            continue
-        found = [p / name for name in LATENTQA_FILES if (p / name).is_file()]
-        if not found:
-            raise UsageError(f"{p} holds none of {', '.join(LATENTQA_FILES)}")
-        out += found
-    return out
-
-
 def cmd_persona(args) -> int:
     import random
 
     from tqdm import tqdm
 
-    from ..data import load_data
+    from ..data import latentqa_files, load_data
     from ..errors import UsageError
     from ..reading import load
     from .null import null_hallucination
-    from .persona import PersonaEval, build_items
+    from .persona import CONDITIONS, PersonaEval, build_items
 
-    conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
-    bad = set(conditions) - set(PERSONA_CONDITIONS)
+    conditions = tuple(c.strip() for c in (args.conditions or ",".join(CONDITIONS)).split(",")
+                       if c.strip())
+    bad = set(conditions) - set(CONDITIONS)
     if bad:
         raise UsageError(f"unknown condition(s) {sorted(bad)}; choose from "
-                        f"{', '.join(PERSONA_CONDITIONS)}")
+                        f"{', '.join(CONDITIONS)}")
     if args.choices < 2:
         raise UsageError("--choices must be at least 2")
     reader = load(args.decoder, batch_size=args.batch_size)

@@ -2,8 +2,9 @@
 
 Conditions, on the same examples and labelled tokens:
   real       the record's own activations
-  shuffled   the activations of a record with another label in the same batch, cut or cycled
-             to the example's placeholder count
+  shuffled   the activations of an example with another label (the one shuffled-donor rule,
+             ``latentqa.controls``, over all the examples evaluated), cut or cycled to the
+             example's placeholder count; every example is scored under every condition
   untrained  the record's activations, read by the model with its adapter off (the base model
              reading patched activations: Patchscope/SelfIE style)
 """
@@ -14,6 +15,7 @@ import contextlib
 
 import torch
 
+from ..controls import shuffled_donors
 from ..decoder import as_target
 from ..decoding import decoder_loss_sum, read_activations
 
@@ -26,18 +28,11 @@ def fit_rows(v: torch.Tensor, n: int) -> torch.Tensor:
     return v.repeat(reps, 1)[:n]
 
 
-def donors(labels: list[str]) -> list[int | None]:
-    """For each row, the next row (cyclically) with a different label."""
-    n = len(labels)
-    return [next((k % n for k in range(j + 1, j + n) if labels[k % n] != labels[j]), None)
-            for j in range(n)]
-
-
 @torch.no_grad()
 def heldout_losses(model, dataset, collate, indices, *, layer: int, write_layer: int,
                    mode: str = "replace", batch_size: int = 8,
                    conditions=("real", "shuffled"), autocast=contextlib.nullcontext,
-                   device="cpu", rank: int = 0, world: int = 1) -> torch.Tensor:
+                   device="cpu", rank: int = 0, world: int = 1, seed: int = 0) -> torch.Tensor:
     """Summed loss and token count per condition: a float64 tensor [len(conditions), 2].
 
     Each rank takes every ``world``-th batch; the caller sums across ranks.
@@ -49,19 +44,26 @@ def heldout_losses(model, dataset, collate, indices, *, layer: int, write_layer:
     model.eval()
     totals = torch.zeros(len(conditions), 2, dtype=torch.float64)
     data = dataset.data
+    donors = None
+    if "shuffled" in conditions:
+        labels = [data.records[data.pairs[i].record].label for i in indices]
+        donors = shuffled_donors(labels, seed, names=[f"pair {i} ({lab})"
+                                                      for i, lab in zip(indices, labels)])
+
+    def read(rows):
+        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in rows]).items()}
+        return batch, read_activations(model, batch["target_input_ids"],
+                                       batch["target_attention_mask"], batch["read_mask"], layer)
+
     for start in range(rank * batch_size, len(indices), batch_size * world):
         chunk = indices[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in chunk]).items()}
         with autocast():
-            vectors = read_activations(model, batch["target_input_ids"],
-                                       batch["target_attention_mask"], batch["read_mask"], layer)
+            batch, vectors = read(chunk)
             for c, condition in enumerate(conditions):
                 if condition == "shuffled":
-                    given = donors([data.records[data.pairs[i].record].label for i in chunk])
-                    if any(d is None for d in given):
-                        continue  # every row of the batch has the same label: no control
-                    injected = [fit_rows(vectors[d], int(m.sum()))
-                                for d, m in zip(given, batch["placeholder_mask"])]
+                    _, given = read([indices[d] for d in donors[start:start + len(chunk)]])
+                    injected = [fit_rows(v, int(m.sum()))
+                                for v, m in zip(given, batch["placeholder_mask"])]
                 else:
                     injected = vectors
                 ctx = as_target(model) if condition == "untrained" else contextlib.nullcontext()

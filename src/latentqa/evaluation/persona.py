@@ -20,12 +20,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..chat import pad_rendered, render_dialog
+from ..batching import pad_tokens
+from ..chat import render_dialog
+from ..controls import shuffled_donors
 from ..data.examples import render_target
 from ..data.probe import IGNORE_INDEX, Probe
 from ..decoder import as_target, folded_adapter
 from ..decoding import Group, grouped_logprobs, read_activations
-from .stats import mcnemar_exact, summarize
+from ..stats import mcnemar_exact, summarize
 
 CONDITIONS = ("activations", "shuffled", "no_activations", "text_only", "untrained_decoder")
 TEXT_ONLY_PROMPT = ("Here is a conversation with an AI assistant.\n\n{conversation}\n\n"
@@ -66,18 +68,12 @@ def build_items(data, *, choices: int = 5, seed: int = 0) -> list[Item]:
     return items
 
 
-def shuffled_donors(items: list[Item], data, seed: int = 0) -> list[int]:
-    """For each item, another record (with another label) whose activations it will read."""
-    rng = random.Random(seed + 7)
-    records = list(range(len(data.records)))
-    donors = []
-    for item in items:
-        while True:
-            d = rng.choice(records)
-            if data.records[d].label != item.label:
-                donors.append(d)
-                break
-    return donors
+def item_donors(items: list[Item], data, seed: int = 0) -> list[int]:
+    """For each item, the record whose activations the shuffled condition reads: another
+    label's, by the one shuffled-donor rule (``latentqa.controls``)."""
+    return shuffled_donors([i.label for i in items], seed,
+                           pool=[r.label for r in data.records],
+                           names=[f"record {i.record} ({i.label})" for i in items])
 
 
 def visible_text(record) -> str:
@@ -115,7 +111,7 @@ class PersonaEval:
         order = sorted(targets, key=lambda r: len(targets[r].input_ids))
         for i in range(0, len(order), self.batch_size):
             chunk = order[i:i + self.batch_size]
-            ids, attn, mask = pad_rendered(
+            ids, attn, mask = pad_tokens(
                 [(targets[r].input_ids, targets[r].read_mask) for r in chunk], self.reader.pad_id)
             for r, v in zip(chunk, read_activations(self.model, ids, attn, mask,
                                                     self.spec.read_layer)):
@@ -129,7 +125,7 @@ class PersonaEval:
             return Group([text_probe(self.tokenizer, record, item.question, cand)
                           for cand in item.candidates]), False
         source = acts[donor] if condition == "shuffled" else acts[item.record]
-        probes = [self.reader.builder.build(len(source), item.question, cand, supervise="answer")
+        probes = [self.reader.probe(len(source), item.question, cand)
                   for cand in item.candidates]
         vectors = None if condition == "no_activations" else source
         return Group(probes, vectors), condition != "untrained_decoder"
@@ -160,7 +156,7 @@ class PersonaEval:
         unknown = set(conditions) - set(CONDITIONS)
         if unknown:
             raise ValueError(f"unknown conditions {sorted(unknown)}; choose from {CONDITIONS}")
-        donors = shuffled_donors(items, data, seed)
+        donors = item_donors(items, data, seed)
         needed = sorted({i.record for i in items} | set(donors))
         acts = self.activations(data, needed)
         where = [(k, c) for k in range(len(items)) for c in conditions]

@@ -37,14 +37,14 @@ from pathlib import Path
 
 import torch
 
-from ..chat import pad_rendered, render_dialog
+from ..chat import render_dialog
+from ..controls import shuffled_donors
 from ..data.errors import DataError, Problem
 from ..decoder import as_target
-from ..decoding import generate_answers
 from ..files import files_in
-from ..reading.selection import Read
+from ..selection import Read
+from ..stats import mcnemar_exact, summarize
 from .probe import LinearProbe
-from .stats import mcnemar_exact, summarize
 
 # The relation (the TSV's file stem) -> the question the decoder and the text-only baseline are
 # asked. Worded about "this" subject: the decoder sees only the subject's activations.
@@ -252,44 +252,16 @@ def split_subjects(facts: list[Fact], test_fraction: float, seed: int) -> list[b
     return [f.subject in test for f in facts]
 
 
-def shuffled_donors(facts: list[Fact], seed: int) -> list[int | None]:
-    """For each fact, another fact of the relation with another subject and another object
-    (None if there is none) whose activations the ``shuffled`` condition reads."""
-    rng = random.Random(seed + 7)
-    donors = []
-    for f in facts:
-        pool = [j for j, g in enumerate(facts)
-                if g.subject != f.subject and normalize(g.object) != normalize(f.object)]
-        donors.append(rng.choice(pool) if pool else None)
-    return donors
+def fact_donors(facts: list[Fact], seed: int) -> list[int]:
+    """For each fact, the fact whose activations the ``shuffled`` condition reads: one with
+    another subject and another object, by the one shuffled-donor rule (``latentqa.controls``)."""
+    return shuffled_donors([(f.subject, normalize(f.object)) for f in facts], seed,
+                           names=[f"{f.where} ({f.subject} -> {f.object})" for f in facts])
 
 
 def features(vectors: list[torch.Tensor]) -> torch.Tensor:
     """One vector per fact for the probe: the read token, or the mean over the subject."""
     return torch.stack([v.float().mean(0) for v in vectors]).cpu()
-
-
-@torch.no_grad()
-def generate_plain(reader, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-                   progress=None) -> list[str]:
-    """The base model's (adapter off) greedy answers to plain user prompts, batched."""
-    tok, device = reader.tokenizer, next(reader.model.parameters()).device
-    ids = [render_dialog(tok, [{"role": "user", "content": p}], add_generation_prompt=True,
-                         max_tokens=reader.info.max_positions).input_ids for p in prompts]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-    out = [""] * len(ids)
-    for s in range(0, len(order), batch_size):
-        rows = order[s:s + batch_size]
-        batch, attn, _ = pad_rendered([ids[r] for r in rows], reader.pad_id, side="left")
-        with as_target(reader.model):
-            got = generate_answers(reader.model, tok, batch.to(device), attn.to(device), None,
-                                   None, write_layer=reader.spec.write_layer,
-                                   max_new_tokens=max_new_tokens)
-        for r, a in zip(rows, got):
-            out[r] = a
-        if progress:
-            progress(len(rows))
-    return out
 
 
 def compare(outcomes: dict[str, list[bool]], keep: list[bool]) -> dict:
@@ -335,12 +307,10 @@ class RelationsEval:
         reads = [selection(self.reader.tokenizer, f, self.read, limit) for f in facts]
         dialogs = [dialog(f) for f in facts]
         is_test = split_subjects(facts, self.test_fraction, self.seed)
-        donors = shuffled_donors(facts, self.seed)
-        has_donor = [d is not None for d in donors]
-        donor_of = [d if d is not None else i for i, d in enumerate(donors)]
-        text = generate_plain(self.reader, [text_only_prompt(f, question) for f in facts],
-                              max_new_tokens=SCORED_TOKENS, batch_size=self.batch_size,
-                              progress=self.progress)
+        donors = fact_donors(facts, self.seed)
+        text = self.reader.target_replies(
+            [[{"role": "user", "content": text_only_prompt(f, question)}] for f in facts],
+            max_new_tokens=SCORED_TOKENS, batch_size=self.batch_size, progress=self.progress)
         items = [{"subject": f.subject, "object": f.object, "context": f.context,
                   "source": f.where, "test": t, "donor": d,
                   "answers": {"text_only": a}, "correct": {"text_only": is_correct(a, f.object)}}
@@ -353,12 +323,10 @@ class RelationsEval:
                 "decoder": self._answers(dialogs, reads, question, layer),
                 "untrained_decoder": self._answers(dialogs, reads, question, layer,
                                                    adapter=False),
-                "shuffled": self._answers([dialogs[d] for d in donor_of],
-                                          [reads[d] for d in donor_of], question, layer)}
+                "shuffled": self._answers([dialogs[d] for d in donors],
+                                          [reads[d] for d in donors], question, layer)}
             outcomes = {c: [is_correct(a, f.object) for a, f in zip(answers[c], facts)]
                         for c in GENERATED}
-            # A fact with no possible donor cannot be shuffled: it counts as not read.
-            outcomes["shuffled"] = [o and h for o, h in zip(outcomes["shuffled"], has_donor)]
             outcomes["text_only"] = [it["correct"]["text_only"] for it in items]
             probe_pred = self._probe(facts, reads, dialogs, is_test, layer)
             for k, item in enumerate(items):

@@ -10,11 +10,11 @@ Every file is written whole or not at all (temporary file, then rename).
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from ..errors import LatentQAError
+from ..files import save_figure, write_text
 
 KINDS = ("persona", "relations", "heldout")
 
@@ -58,23 +58,6 @@ def load_run(path) -> tuple[str, dict]:
 
 
 # ---- writing files ----------------------------------------------------------------------
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def save_figure(fig, path: Path) -> None:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-
 
 def _pyplot():
     import matplotlib
@@ -123,7 +106,7 @@ def bar_plot(path: Path, title: str, names: list[str], stats: list[dict], *, cha
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy (95% Wilson interval)")
     ax.set_title(title)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def grouped_plot(path: Path, title: str, groups: list[str], conditions: list[str],
@@ -152,7 +135,7 @@ def grouped_plot(path: Path, title: str, groups: list[str], conditions: list[str
     ax.set_ylabel("accuracy (95% Wilson interval)")
     ax.set_title(title + ("  (dotted: majority object)" if chance else ""))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def layer_plot(path: Path, title: str, layers: list[int], series: dict[str, list[float]]):
@@ -166,7 +149,7 @@ def layer_plot(path: Path, title: str, layers: list[int], series: dict[str, list
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def loss_plot(path: Path, title: str, losses: dict[str, float]):
@@ -176,7 +159,7 @@ def loss_plot(path: Path, title: str, losses: dict[str, float]):
     ax.set_xticks(range(len(losses)), list(losses))
     ax.set_ylabel("loss per labelled token (nats)")
     ax.set_title(title)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 # ---- sections ---------------------------------------------------------------------------
@@ -327,7 +310,7 @@ def write_report(runs, out) -> Path:
             raise ReportError(f"{path}: looks like an eval {kind} result but is missing or has "
                               f"a malformed part ({type(e).__name__}: {e})") from None
     report = out / "report.md"
-    write_atomic(report, ("\n".join(lines).rstrip() + "\n").encode())
+    write_text(report, "\n".join(lines).rstrip() + "\n")
     return report
 
 

@@ -10,8 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from ..activations import INJECTION_MODES
+from ..errors import UsageError
+from ..validation import check_sampling, check_text, check_texts
 from .errors import ReadingError
+
+FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
+         "top_p": "--top-p", "seed": "--seed"}
 
 
 class _Message(argparse.Action):
@@ -36,7 +43,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="read the target after this block (default: the decoder's)")
     g.add_argument("--write-layer", type=int, help="inject after this block (default: the "
                                                    "decoder's)")
-    g.add_argument("--injection", choices=("replace", "norm_add"))
+    g.add_argument("--injection", choices=INJECTION_MODES)
     g.add_argument("--allow-other-target", action="store_true",
                    help="accept a target whose name differs from the decoder's (sizes must "
                         "still match)")
@@ -99,39 +106,54 @@ def _load(args):
 
 
 def _generation(args) -> dict:
+    """The generation settings, checked by the rules the server applies."""
+    check_sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_p=args.top_p, seed=args.seed, names=FLAGS)
     return dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                 temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed)
 
 
 def _dialogs(args) -> tuple[list, list]:
     """(dialogs, per-dialog read selections) from the file or the message flags."""
+    from ..selection import as_read
     from .dialogs_io import read_dialog_file
-    from .selection import as_read
 
     if args.dialog and args.messages:
         raise ReadingError("give a dialog file or --system/--user/--assistant, not both")
     if args.dialog:
         found = read_dialog_file(args.dialog)
     elif args.messages:
+        for m in args.messages:  # name the flag: "--user is not valid Unicode..."
+            check_text(m["content"], f"--{m['role']}", allow_empty=True)
         found = [(args.messages, None)]
     else:
         raise ReadingError("no dialog: give a dialog file or --system/--user/--assistant "
                            "messages (or --batch ROWS.jsonl)")
     # --read applies to every dialog; a JSONL line's own 'read' (message indices) otherwise
     reads = [as_read(args.read) if args.read or r is None else as_read(r) for _, r in found]
-    return [m for m, _ in found], reads
+    return _checked([m for m, _ in found]), reads
+
+
+def _questions(args) -> list[str]:
+    if not args.question:
+        raise ReadingError("no questions: give at least one --question")
+    return check_texts(args.question, "--question")
+
+
+def _candidates(args) -> list[str]:
+    if not args.candidate:
+        raise ReadingError("no candidates: give at least one --candidate")
+    return check_texts(args.candidate, "--candidate", kind="candidate")
 
 
 def cmd_read(args) -> int:
     if args.batch:
         return _batch(args, scoring=False)
     dialogs, reads = _dialogs(args)
-    if not args.question:
-        raise ReadingError("no questions: give at least one --question")
+    questions, generation = _questions(args), _generation(args)
     lqa = _load(args)
-    pairs = [(d, q) for d in range(len(dialogs)) for q in args.question]
-    answers = lqa.answer_pairs(_checked(dialogs), pairs, read=reads, control=args.control,
-                               **_generation(args))
+    pairs = [(d, q) for d in range(len(dialogs)) for q in questions]
+    answers = lqa.answer_pairs(dialogs, pairs, read=reads, control=args.control, **generation)
     results = [{"question": q, "answer": a} for (_, q), a in zip(pairs, answers)]
     if len(dialogs) > 1:
         for r, (d, _) in zip(results, pairs):
@@ -149,14 +171,11 @@ def cmd_score(args) -> int:
     if args.batch:
         return _batch(args, scoring=True)
     dialogs, reads = _dialogs(args)
-    if not args.question:
-        raise ReadingError("no questions: give at least one --question")
-    if not args.candidate:
-        raise ReadingError("no candidates: give at least one --candidate")
+    questions, candidates = _questions(args), _candidates(args)
     lqa = _load(args)
-    pairs = [(d, q) for d in range(len(dialogs)) for q in args.question]
-    scores = lqa.score_pairs(_checked(dialogs), pairs, [args.candidate] * len(pairs),
-                             read=reads, control=args.control)
+    pairs = [(d, q) for d in range(len(dialogs)) for q in questions]
+    scores = lqa.score_pairs(dialogs, pairs, [candidates] * len(pairs), read=reads,
+                             control=args.control)
     results = [s.to_dict() | ({"dialog": d} if len(dialogs) > 1 else {})
                for (d, _), s in zip(pairs, scores)]
     if args.json:
@@ -179,43 +198,98 @@ def _checked(dialogs):
 
 
 def _batch(args, *, scoring: bool) -> int:
-    """Rows from a JSONL file to a JSONL output, in chunks, with a progress bar."""
+    """Rows from a JSONL file to a JSONL output, in chunks, with a progress bar. Every row is
+    checked (context length included) before anything is written, and ``-o`` is written under
+    a temporary name and renamed at the end: a failure leaves no half-written output."""
+    import contextlib
+
     from tqdm import tqdm
 
+    from ..errors import LatentQAError
+    from ..files import atomic_file
     from .dialogs_io import read_batch_rows
-    from .selection import as_read
 
+    if args.output and _same_file(args.output, args.batch):
+        raise UsageError(f"-o {args.output} is the batch input itself; write the results to "
+                         "another file")
+    generation = {} if scoring else _generation(args)
     rows = read_batch_rows(args.batch, need_candidates=scoring)
+    for row in rows:
+        row["read"] = _row_read(args, row)
     lqa = _load(args)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    for row in rows:
+        _check_fits(lqa, row, args.batch, scoring)
     total = sum(len(r["questions"]) * (len(r["candidates"]) if scoring else 1) for r in rows)
-    try:
-        with tqdm(total=total, unit="row" if not scoring else "cand", file=sys.stderr,
-                  disable=None) as bar:
-            for start in range(0, len(rows), 64):  # write as we go; bounded memory
-                chunk = rows[start:start + 64]
-                dialogs = _checked([r["messages"] for r in chunk])
-                reads = [as_read(args.read) if args.read or r["read"] is None
-                         else as_read(r["read"]) for r in chunk]
-                pairs = [(i, q) for i, r in enumerate(chunk) for q in r["questions"]]
-                if scoring:
-                    cands = [chunk[i]["candidates"] for i, _ in pairs]
-                    got = lqa.score_pairs(dialogs, pairs, cands, read=reads,
-                                          control=args.control, progress=bar.update)
-                    results = [{"question": s.question, "scores": s.to_dict()["candidates"],
-                                "best": s.best} for s in got]
-                else:
-                    got = lqa.answer_pairs(dialogs, pairs, read=reads, control=args.control,
-                                           progress=bar.update, **_generation(args))
-                    results = [{"question": q, "answer": a} for (_, q), a in zip(pairs, got)]
-                for (i, _), result in zip(pairs, results):
-                    row = dict(chunk[i]["extra"], line=chunk[i]["line"], **result)
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                out.flush()
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    output = atomic_file(args.output) if args.output else contextlib.nullcontext(sys.stdout)
+    with output as out, tqdm(total=total, unit="row" if not scoring else "cand",
+                             file=sys.stderr, disable=None) as bar:
+        for start in range(0, len(rows), 64):  # write as we go; bounded memory
+            chunk = rows[start:start + 64]
+            try:
+                results = _batch_chunk(lqa, args, chunk, scoring, generation, bar.update)
+            except LatentQAError as e:  # what the row checks above cannot see (a control)
+                lines = sorted({chunk[0]["line"], chunk[-1]["line"]})
+                raise ReadingError(f"{args.batch}, line{'s' if len(lines) > 1 else ''} "
+                                   f"{'-'.join(map(str, lines))}: {e}") from None
+            for i, result in results:
+                row = dict(chunk[i]["extra"], line=chunk[i]["line"], **result)
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.flush()
     return 0
+
+
+def _same_file(a, b) -> bool:
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def _row_read(args, row):
+    from ..selection import as_read
+
+    try:
+        return as_read(args.read) if args.read or row["read"] is None else as_read(row["read"])
+    except ReadingError as e:
+        raise ReadingError(f"{args.batch}, line {row['line']}: {e}") from None
+
+
+def _check_fits(lqa, row, path, scoring: bool) -> None:
+    """Render the row's dialog and build its decoder prompts as the reader will (tokenizing
+    only), so that a row over the context is named by its line before any output."""
+    from ..errors import LatentQAError
+    from ..selection import render_read
+
+    try:
+        _, mask = render_read(lqa.tokenizer, row["messages"], row["read"],
+                              max_tokens=lqa.info.max_positions)
+        count = int(mask.sum())
+        for question in row["questions"]:
+            for candidate in row["candidates"] if scoring else [None]:
+                lqa.probe(count, question, candidate)
+    except LatentQAError as e:
+        raise ReadingError(f"{path}, line {row['line']}: {e}") from None
+
+
+def _batch_chunk(lqa, args, chunk, scoring, generation, progress) -> list[tuple[int, dict]]:
+    """[(row index in the chunk, result), ...] for every question of every row."""
+    dialogs = [r["messages"] for r in chunk]
+    reads = [r["read"] for r in chunk]
+    pairs = [(i, q) for i, r in enumerate(chunk) for q in r["questions"]]
+    if scoring:
+        cands = [chunk[i]["candidates"] for i, _ in pairs]
+        got = lqa.score_pairs(dialogs, pairs, cands, read=reads, control=args.control,
+                              progress=progress)
+        results = [{"question": s.question, "scores": s.to_dict()["candidates"],
+                    "best": s.best} for s in got]
+    else:
+        got = lqa.answer_pairs(dialogs, pairs, read=reads, control=args.control,
+                               progress=progress, **generation)
+        results = [{"question": q, "answer": a} for (_, q), a in zip(pairs, got)]
+    return [(i, result) for (i, _), result in zip(pairs, results)]
 
 
 def cmd_demo(args) -> int:

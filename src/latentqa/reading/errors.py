@@ -6,15 +6,10 @@ them as one line without a traceback.
 
 from __future__ import annotations
 
-from ..errors import LatentQAError
+from ..decoder import DecoderError
+from ..errors import ReadingError
 
-
-class ReadingError(LatentQAError, ValueError):
-    """Bad input to ``ask``/``score``: an empty dialog, no questions, nothing to read..."""
-
-
-class DecoderError(ReadingError):
-    """A decoder directory that cannot be used: missing, incomplete, or unknown options."""
+__all__ = ["ReadingError", "DecoderError", "DecoderMismatchError"]
 
 
 class DecoderMismatchError(DecoderError):

@@ -1,8 +1,12 @@
-"""Normalise what callers pass as dialogs and questions, and remember the shape to return."""
+"""Normalise what callers pass as dialogs and questions, and remember the shape to return.
+
+The rules themselves (roles, valid Unicode, nothing empty) are ``latentqa.validation``'s, the
+same the command line and the server apply.
+"""
 
 from __future__ import annotations
 
-from ..chat import normalize_dialog
+from ..validation import FieldError, check_dialog, check_texts
 from .errors import ReadingError
 
 
@@ -20,13 +24,11 @@ def as_dialogs(dialogs) -> tuple[list[list[dict]], bool]:
 
 def _one(dialog, index) -> list[dict]:
     where = "" if index is None else f"dialog {index}: "
-    try:
-        messages = normalize_dialog(dialog)
-    except ValueError as e:
-        raise ReadingError(f"{where}{e}") from None
-    if not any(m["content"].strip() for m in messages):
-        raise ReadingError(f"{where}the dialog is empty (every message has empty content)")
-    return messages
+    if isinstance(dialog, str):
+        if not dialog.strip():
+            raise FieldError(f"{where}the dialog is empty", "messages")
+        dialog = [{"role": "user", "content": dialog}]
+    return check_dialog(dialog, where=where)
 
 
 def as_questions(questions) -> tuple[list[str], bool]:
@@ -36,21 +38,13 @@ def as_questions(questions) -> tuple[list[str], bool]:
         single = False
         if not isinstance(questions, (list, tuple)) or not questions:
             raise ReadingError("no questions: give at least one question")
-    for q in questions:
-        if not isinstance(q, str) or not q.strip():
-            raise ReadingError(f"a question must be a non-empty string, got {q!r}")
-    return list(questions), single
+    return check_texts(questions, "questions"), single
 
 
 def as_candidates(candidates) -> list[str]:
     if isinstance(candidates, str):
         candidates = [candidates]
-    if not isinstance(candidates, (list, tuple)) or not candidates:
-        raise ReadingError("no candidates: give at least one candidate answer to score")
-    for c in candidates:
-        if not isinstance(c, str) or not c.strip():
-            raise ReadingError(f"a candidate must be a non-empty string, got {c!r}")
-    return list(candidates)
+    return check_texts(candidates, "candidates", kind="candidate")
 
 
 def shaped(flat: list, n_dialogs: int, n_questions: int, one_dialog: bool, one_question: bool):

@@ -17,18 +17,21 @@ import torch
 
 from ..activations import INJECTION_MODES
 from ..arch import config_info, model_info
-from ..chat import DialogTooLongError, pad_rendered, render_dialog
+from ..batching import length_batches, pad_id, pad_tokens
+from ..chat import DialogTooLongError, render_dialog
+from ..controls import shuffled_donors
 from ..data.layouts import LAYOUTS
 from ..data.probe import IGNORE_INDEX, ProbeBuilder, pad_probes
 from ..decoder import DecoderSpec, as_target, folded_adapter, load_decoder_adapter
 from ..decoding import Group, generate_answers, grouped_logprobs, read_activations
+from ..generation import generate_text
 from ..models import DEFAULT_MODEL, load_config, load_model
-from .controls import NEUTRAL_DIALOGS, check_control, shuffled_sources
+from ..selection import Read, as_read, render_read
+from .controls import NEUTRAL_DIALOGS, check_control
 from .decoders import check_compatible, resolve_decoder
 from .errors import DecoderMismatchError, ReadingError
 from .inputs import as_candidates, as_dialogs, as_questions, shaped
 from .results import CandidateScore, Score
-from .selection import Read, as_read
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -73,8 +76,7 @@ class Reader:
         self.info = model_info(model)
         self.layout = LAYOUTS[spec.layout]
         self.builder = ProbeBuilder(tokenizer, self.layout)
-        self.pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                       else tokenizer.eos_token_id)
+        self.pad_id = pad_id(tokenizer)
 
     def __repr__(self) -> str:
         return (f"Reader(target={self.spec.target!r}, decoder={self.decoder_path!r}, "
@@ -124,7 +126,7 @@ class Reader:
         if max_new_tokens < 1:
             raise ReadingError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         counts, vectors, mode = self._sources(dialogs, read, layer, control, injection)
-        probes = [self._probe(counts[d], q, None, layer) for d, q in pairs]
+        probes = [self.probe(counts[d], q, None, layer) for d, q in pairs]
         answers: list[str] = [""] * len(pairs)
         with folded_adapter(self.model):  # the target was read above; now only the decoder runs
             for rows in self._batches(probes, batch_size):
@@ -148,7 +150,7 @@ class Reader:
         """A ``Score`` per (dialog index, question) pair, with that pair's candidates."""
         counts, vectors, mode = self._sources(dialogs, read, layer, control, injection)
         candidates = [as_candidates(cands) for cands in candidates]
-        groups = [Group([self._probe(counts[d], q, c, layer) for c in candidates[p]],
+        groups = [Group([self.probe(counts[d], q, c, layer) for c in candidates[p]],
                         None if vectors is None else vectors[d])
                   for p, (d, q) in enumerate(pairs)]
         results: list[list[CandidateScore]] = []
@@ -180,18 +182,39 @@ class Reader:
         dialogs, _ = as_dialogs(dialogs)
         return self._read(dialogs, self._reads(read, len(dialogs)), self._layer(layer))
 
-    @torch.no_grad()
     def target_reply(self, dialog, *, max_new_tokens: int = 40) -> str:
         """The target's own greedy reply (adapter off), e.g. to show what it does."""
-        messages = as_dialogs(dialog)[0][0]
-        rendered = render_dialog(self.tokenizer, messages, add_generation_prompt=True,
-                                 max_tokens=self.info.max_positions)
-        ids = torch.tensor([rendered.input_ids], device=self._device)
+        return self.target_replies([as_dialogs(dialog)[0][0]], max_new_tokens=max_new_tokens)[0]
+
+    @torch.no_grad()
+    def target_replies(self, dialogs, *, max_new_tokens: int = 40, temperature: float = 0.0,
+                       top_p: float = 1.0, seed: int | None = None,
+                       batch_size: int | None = None, progress=None) -> list[str]:
+        """The target's own reply (adapter off) to each dialog, batched; greedy by default."""
+        dialogs, _ = as_dialogs(dialogs)
+        prompts = [render_dialog(self.tokenizer, d, add_generation_prompt=True,
+                                 max_tokens=self.info.max_positions).input_ids for d in dialogs]
         with as_target(self.model):
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                      max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=self.pad_id)
-        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            return generate_text(self.model, self.tokenizer, prompts, pad_id=self.pad_id,
+                                 max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size or self.batch_size,
+                                 temperature=temperature, top_p=top_p, seed=seed,
+                                 progress=progress)
+
+    def probe(self, count: int, question: str, answer: str | None = None,
+              layer: int | None = None):
+        """The decoder's prompt for ``count`` read activations and a question (and a candidate
+        answer, supervised, when given), checked against the model's context."""
+        probe = self.builder.build(count, question, answer, supervise="answer",
+                                   layer=self._layer(layer) if self.layout.layer_prefix else None)
+        limit = self.info.max_positions
+        if limit is not None and len(probe.input_ids) > limit:
+            raise DialogTooLongError(
+                f"the decoder's prompt is {len(probe.input_ids)} tokens ({count} read "
+                f"activations, the question{'' if answer is None else ' and a candidate'}), "
+                f"more than the model's context of {limit} tokens; shorten the question or "
+                "read fewer tokens")
+        return probe
 
     # ---- internals --------------------------------------------------------------------
 
@@ -223,51 +246,31 @@ class Reader:
             return counts, None, mode
         vectors = self._read(dialogs, reads, layer)
         if control == "shuffled":
-            if len(dialogs) > 1:
-                vectors = [vectors[j] for j in shuffled_sources(len(dialogs))]
+            if len(dialogs) > 1:  # each dialog is its own label: any other dialog is a donor
+                vectors = [vectors[j] for j in shuffled_donors(range(len(dialogs)))]
             else:
                 neutral = self._read(NEUTRAL_DIALOGS, [Read()] * len(NEUTRAL_DIALOGS), layer)
                 vectors = [neutral[i % len(neutral)] for i in range(len(dialogs))]
         return [len(v) for v in vectors], vectors, mode
 
     def _render(self, dialog, read: Read):
-        rendered = render_dialog(self.tokenizer, dialog,
-                                 add_generation_prompt=dialog[-1]["role"] == "user",
-                                 max_tokens=self.info.max_positions)
-        return torch.tensor(rendered.input_ids, dtype=torch.long), read.mask(rendered)
+        rendered, mask = render_read(self.tokenizer, dialog, read,
+                                     max_tokens=self.info.max_positions)
+        return torch.tensor(rendered.input_ids, dtype=torch.long), mask
 
     def _read(self, dialogs, reads, layer) -> list[torch.Tensor]:
         rendered = [self._render(d, r) for d, r in zip(dialogs, reads)]
         out: list[torch.Tensor | None] = [None] * len(dialogs)
         for rows in self._batches([ids for ids, _ in rendered], None):
-            ids, attn, masks = pad_rendered([rendered[r] for r in rows], self.pad_id)
+            ids, attn, masks = pad_tokens([rendered[r] for r in rows], self.pad_id)
             got = read_activations(self.model, ids.to(self._device), attn.to(self._device),
                                    masks.to(self._device), layer)
             for r, v in zip(rows, got):
                 out[r] = v
         return out
 
-    def _probe(self, count: int, question: str, answer: str | None, layer):
-        probe = self.builder.build(count, question, answer, supervise="answer",
-                                   layer=self._layer(layer) if self.layout.layer_prefix else None)
-        limit = self.info.max_positions
-        if limit is not None and len(probe.input_ids) > limit:
-            raise DialogTooLongError(
-                f"the decoder's prompt is {len(probe.input_ids)} tokens ({count} read "
-                f"activations, the question{'' if answer is None else ' and a candidate'}), "
-                f"more than the model's context of {limit} tokens; shorten the question or "
-                "read fewer tokens")
-        return probe
-
     def _batches(self, items, batch_size):
         """Row indices in batches of similar length (less padding), longest first."""
-        size = batch_size or self.batch_size
-        if not items:
-            return []
-        if size < 1:
-            raise ReadingError(f"batch_size must be at least 1, got {size}")
-        length = (lambda i: len(items[i])) if isinstance(items[0], torch.Tensor) else (
-            lambda i: len(items[i].input_ids))
-        order = sorted(range(len(items)), key=length, reverse=True)
-        return [order[i:i + size] for i in range(0, len(order), size)]
-
+        length = (lambda item: len(item)) if items and isinstance(items[0], torch.Tensor) else (
+            lambda item: len(item.input_ids))
+        return length_batches([length(i) for i in items], batch_size or self.batch_size)

@@ -17,7 +17,9 @@ import contextlib
 import json
 from pathlib import Path
 
-from ..decoder import as_target
+from safetensors import SafetensorError
+
+from ..decoder import DecoderError, as_target, check_adapter_weights
 from .errors import ApiError
 
 
@@ -31,11 +33,11 @@ class Adapters:
     def names(self) -> list[str]:
         return list(self.loaded)
 
-    def check(self, name: str | None) -> str | None:
+    def check(self, name: str | None, param: str = "model") -> str | None:
         if name is not None and name not in self.loaded:
             known = ", ".join(self.loaded) or "none loaded"
             raise ApiError(404, f"no steering adapter named {name!r} ({known}); load one with "
-                           "POST /v1/adapters", type="not_found", param="model")
+                           "POST /v1/adapters", type="not_found", param=param)
         return name
 
     def load(self, path: str, name: str | None = None) -> dict:
@@ -59,6 +61,10 @@ class Adapters:
         except (OSError, ValueError) as e:
             raise ApiError(400, f"{directory}/adapter_config.json is not readable JSON: {e}",
                            param="path") from None
+        try:  # a truncated or corrupt weights file: refused here, not a 500 from peft
+            check_adapter_weights(directory)
+        except DecoderError as e:
+            raise ApiError(400, str(e), param="path") from None
         if name is None:
             for known, where in self.loaded.items():  # the same directory: already loaded
                 if where == str(directory):
@@ -74,7 +80,8 @@ class Adapters:
         active = self.model.active_adapter
         try:
             self.model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # shapes, unknown config
+        except (RuntimeError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            # shapes, an unknown config, tensors that do not read
             self._forget(name)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ApiError(400, f"cannot load {directory} as an adapter of the target: "

@@ -2,8 +2,9 @@
 
 ``create_app(reader, ...)`` builds it; any object with the Reader's ``answer_pairs``,
 ``score_pairs``, ``tokenizer``, ``model``, ``info``, ``spec`` and ``pad_id`` will do. Requests
-are checked here (limits, fields), then queued for the worker thread (``worker.py``), which
-runs them on the one model, batching compatible ones (``engine.py``).
+are checked here (the server's limits, and ``latentqa.validation``'s rules, the command line's
+too), then queued for the worker thread (``worker.py``), which runs them on the one model,
+batching compatible ones (``engine.py``).
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..arch import LayerError
+from ..errors import LatentQAError
 from ..reading.errors import ReadingError
-from ..reading.selection import as_read
+from ..selection import as_read
+from ..validation import check_dialog, check_sampling, check_text, check_texts
 from . import schemas as S
 from .adapters import Adapters
 from .engine import ChatJob, Engine, ReadJob, ScoreJob, TokensJob, call_each
-from .errors import ApiError, as_api_error, error_body, error_response
+from .errors import ApiError, as_api_error, error_body, error_response, sendable
 from .limits import Limits
-from .security import Guard
+from .security import PAGE_HEADERS, Guard
 from .steer import SteerFn, SteerJobs
 from .worker import Expired, QueueFull, Worker
 
@@ -93,23 +96,23 @@ def create_app(reader, *, limits: Limits | None = None, token: str | None = None
 
     # ---- checks that name the field -----------------------------------------------------
 
+    # The rules (roles, valid Unicode, nothing empty, sampling ranges) are
+    # latentqa.validation's, shared with the command line; a FieldError is a 422 naming the
+    # field. The limits are this server's own.
+
     def dialog_of(messages) -> list[dict]:
         if len(messages) > limits.max_messages:
             raise ApiError(422, f"{len(messages)} messages; this server accepts at most "
                            f"{limits.max_messages}", param="messages")
-        dialog = [{"role": m.role, "content": m.content} for m in messages]
-        if not any(m["content"].strip() for m in dialog):
-            raise ApiError(422, "the dialog is empty: every message has empty content",
-                           param="messages")
-        return dialog
+        return check_dialog([m if isinstance(m, dict) else
+                             {"role": m.role, "content": m.content} for m in messages])
 
     def texts(values: list[str], field: str, most: int) -> list[str]:
         if len(values) > most:
             raise ApiError(422, f"{len(values)} {field}; this server accepts at most {most}",
                            param=field)
+        check_texts(values, field, kind=field.rstrip("s"))
         for k, value in enumerate(values):
-            if not value.strip():
-                raise ApiError(422, f"{field}[{k}] is empty", param=f"{field}.{k}")
             if len(value) > limits.max_text_chars:
                 raise ApiError(422, f"{field}[{k}] is {len(value)} characters; this server "
                                f"accepts at most {limits.max_text_chars}", param=f"{field}.{k}")
@@ -144,10 +147,7 @@ def create_app(reader, *, limits: Limits | None = None, token: str | None = None
 
     @app.get("/", include_in_schema=False)
     async def index():
-        return HTMLResponse(page, headers={
-            "Cache-Control": "no-store",
-            "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                                       "style-src 'unsafe-inline'; img-src 'self' data:"})
+        return HTMLResponse(page, headers=PAGE_HEADERS)
 
     @app.get("/health", response_model=S.Health, responses=ERRORS, tags=["server"])
     async def health():
@@ -166,6 +166,8 @@ def create_app(reader, *, limits: Limits | None = None, token: str | None = None
     @app.post("/v1/read", response_model=S.ReadResponse, responses=ERRORS, tags=["reading"])
     async def read(req: S.ReadRequest):
         """The decoder's answer to each question about the dialog's activations."""
+        check_sampling(max_new_tokens=req.max_new_tokens, temperature=req.temperature,
+                       top_p=req.top_p, seed=req.seed)
         job = ReadJob(dialog_of(req.messages), texts(req.questions, "questions",
                                                      limits.max_questions),
                       read_of(req.read), layer_of(req.layer), req.control, req.injection,
@@ -218,9 +220,14 @@ def create_app(reader, *, limits: Limits | None = None, token: str | None = None
         max_tokens = req.max_completion_tokens or req.max_tokens or min(256,
                                                                          limits.max_new_tokens)
         field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        check_sampling(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                       seed=req.seed, names={"max_new_tokens": field})
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > 4:
             raise ApiError(400, "at most 4 stop sequences", param="stop")
+        for k, stop in enumerate(stops):
+            check_text(stop, "stop" if isinstance(req.stop, str) else f"stop.{k}",
+                       allow_empty=True)
         job = ChatJob(dialog_of(_chat_messages(req.messages)), adapter,
                       new_tokens(max_tokens, field),
                       1.0 if req.temperature is None else req.temperature,
@@ -270,16 +277,20 @@ def create_app(reader, *, limits: Limits | None = None, token: str | None = None
 
 
 def _adapter_for(req: S.ChatRequest, adapters: Adapters) -> str | None:
+    """The steering adapter a chat request names, or None for the plain target. ``model`` must
+    be ``target`` (or absent) or a loaded adapter: an OpenAI client's default model name would
+    otherwise get the plain target's reply without a word."""
+    if req.model is not None and req.model != BASE_MODEL and req.model not in adapters.loaded:
+        known = ", ".join([BASE_MODEL, *adapters.names()])
+        raise ApiError(404, f"no model named {req.model!r} on this server; known: {known} "
+                       "(GET /v1/models; load a steering adapter with POST /v1/adapters)",
+                       type="not_found", param="model")
     if req.adapter is not None:
-        return adapters.check(req.adapter)
-    if req.model in adapters.loaded:
-        return req.model
-    if req.model and req.model.startswith("steer_"):  # a steering name that is not loaded
-        return adapters.check(req.model)
-    return None
+        return adapters.check(req.adapter, param="adapter")
+    return None if req.model in (None, BASE_MODEL) else req.model
 
 
-def _chat_messages(messages: list[S.ChatMessage]) -> list[S.Message]:
+def _chat_messages(messages: list[S.ChatMessage]) -> list[dict]:
     """OpenAI messages as plain {role, content}: text parts joined, 'developer' = system."""
     out = []
     for k, m in enumerate(messages):
@@ -292,8 +303,8 @@ def _chat_messages(messages: list[S.ChatMessage]) -> list[S.Message]:
                                    "supported", param=f"messages.{k}.content")
                 parts.append(part["text"])
             content = "".join(parts)
-        out.append(S.Message(role="system" if m.role == "developer" else m.role,
-                             content=content or ""))
+        out.append({"role": "system" if m.role == "developer" else m.role,
+                    "content": content or ""})
     return out
 
 
@@ -302,6 +313,12 @@ def _error_handlers(app: FastAPI) -> None:
     async def api_error(request, exc: ApiError):
         return error_response(exc.status, exc.message, type=exc.type, param=exc.param,
                               headers=exc.headers)
+
+    @app.exception_handler(LatentQAError)
+    async def user_error(request, exc: LatentQAError):  # raised by a check in an endpoint
+        known = as_api_error(exc)
+        return error_response(known.status, known.message, type=known.type, param=known.param,
+                              headers=known.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
@@ -314,7 +331,7 @@ def _error_handlers(app: FastAPI) -> None:
         param = ".".join(p for p in first["loc"] if p != "body") or "body"
         more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
         body = error_body(f"{param}: {first['msg']}{more}", "invalid_request_error", param)
-        body["error"]["details"] = details
+        body["error"]["details"] = sendable(details)
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 
+from ..activations import INJECTION_MODES
 from .limits import Limits
 
 
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
     g.add_argument("--layer", "--read-layer", dest="layer", type=int,
                    help="default read layer (default: the decoder's)")
     g.add_argument("--write-layer", type=int)
-    g.add_argument("--injection", choices=("replace", "norm_add"))
+    g.add_argument("--injection", choices=INJECTION_MODES)
     g.add_argument("--allow-other-target", action="store_true")
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", default="fp32")

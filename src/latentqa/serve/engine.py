@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..chat import pad_rendered, render_dialog
-from ..reading.selection import Read
+from ..chat import render_dialog
+from ..generation import generate
+from ..selection import Read
 from .errors import ApiError
 
 
@@ -184,38 +185,22 @@ class Engine:
             return results
         first = jobs[ok[0]]
         self.adapters.check(first.adapter)
-        pad = self.reader.pad_id
-        # left padding: generation continues each row
-        ids, attn, _ = pad_rendered([results[i] for i in ok], pad, side="left")
-        width = ids.shape[1]
-        kwargs = dict(max_new_tokens=first.max_tokens, pad_token_id=pad, do_sample=False)
-        if first.temperature > 0:
-            kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
-            if first.seed is not None:
-                torch.manual_seed(first.seed)
-        device = next(self.reader.model.parameters()).device
+        prompts = [results[i] for i in ok]
+        tokenizer = self.reader.tokenizer
         with self.adapters.using(first.adapter) as model:
-            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                 **kwargs)
-        eos = self._eos_ids()
-        for row, i in enumerate(ok):
-            new = out[row, width:].tolist()
-            end = next((k for k, t in enumerate(new) if t in eos), None)
-            kept = new if end is None else new[:end]
-            text = self.reader.tokenizer.decode(kept, skip_special_tokens=True)
+            # one batch: the jobs were grouped to share their sampling settings
+            replies = generate(model, tokenizer, prompts, pad_id=self.reader.pad_id,
+                               max_new_tokens=first.max_tokens, batch_size=len(prompts),
+                               temperature=first.temperature, top_p=first.top_p,
+                               seed=first.seed)
+        for i, prompt, (kept, ended) in zip(ok, prompts, replies):
+            text = tokenizer.decode(kept, skip_special_tokens=True)
             text, stopped = _cut_at_stop(text, jobs[i].stop)
             results[i] = {"content": text.strip(),
-                          "finish_reason": "stop" if end is not None or stopped else "length",
-                          "prompt_tokens": int(attn[row].sum()),
-                          "completion_tokens": len(kept) + (end is not None)}
+                          "finish_reason": "stop" if ended or stopped else "length",
+                          "prompt_tokens": len(prompt),
+                          "completion_tokens": len(kept) + ended}
         return results
-
-    def _eos_ids(self) -> set[int]:
-        found = getattr(getattr(self.reader.model, "generation_config", None), "eos_token_id",
-                        None)
-        ids = set(found if isinstance(found, (list, tuple)) else [found])
-        ids.add(self.reader.tokenizer.eos_token_id)
-        return {i for i in ids if i is not None}
 
 
 def _cut_at_stop(text: str, stops) -> tuple[str, bool]:

@@ -1,7 +1,9 @@
 """Every error is JSON, in the OpenAI shape: ``{"error": {"message", "type", "param"}}``.
 
 The user errors latentqa raises (bad dialogs, questions, layers, templates, too-long inputs)
-become 400 with their message; a few checks of our own name the offending field (422).
+become 400 with their message; a value that breaks ``latentqa.validation``'s rules (a
+``FieldError``) and a few checks of our own name the offending field (422). Text in an error
+is made valid UTF-8 first, so even a message quoting a lone surrogate can be sent.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 
 from ..errors import LatentQAError
+from ..validation import FieldError
 
 
 class ApiError(Exception):
@@ -21,8 +24,20 @@ class ApiError(Exception):
         self.param, self.headers = param, headers
 
 
+def sendable(text):
+    """``text`` as valid UTF-8 (a lone surrogate becomes ``\\udXXX``); JSON responses are
+    encoded as UTF-8, which a lone surrogate would break."""
+    if isinstance(text, str):
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(text, list):
+        return [sendable(t) for t in text]
+    if isinstance(text, dict):
+        return {sendable(k): sendable(v) for k, v in text.items()}
+    return text
+
+
 def error_body(message: str, type: str, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param}}
+    return {"error": {"message": sendable(message), "type": type, "param": sendable(param)}}
 
 
 def error_response(status: int, message: str, *, type: str = "invalid_request_error",
@@ -39,6 +54,8 @@ def user_errors() -> tuple[type[Exception], ...]:
 def as_api_error(e: BaseException) -> ApiError | None:
     if isinstance(e, ApiError):
         return e
+    if isinstance(e, FieldError):
+        return ApiError(422, str(e), param=e.param)
     if isinstance(e, user_errors()):
         return ApiError(400, str(e).strip() or type(e).__name__)
     return None

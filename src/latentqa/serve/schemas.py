@@ -1,7 +1,10 @@
 """Request and response bodies of the HTTP API (they make its OpenAPI schema).
 
 Our own endpoints refuse unknown fields (a typo is a 422 naming it); the OpenAI-compatible
-``/v1/chat/completions`` ignores them, as clients send many we do not use.
+``/v1/chat/completions`` ignores them, as clients send many we do not use. Every field is
+strict: ``"layer": true`` or ``"temperature": "0.5"`` is a 422, not layer 1 or 0.5. The value
+rules (roles, valid Unicode, ranges) are ``latentqa.validation``'s, which the endpoints also
+call, as the command line does; the bounds here only repeat them for the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.manual_seed takes
+from ..activations import INJECTION_MODES
+from ..validation import ROLES, SEED_MAX, SEED_MIN, TEMPERATURE_MAX
+
 Control = Literal["shuffled", "none"]
-Injection = Literal["replace", "norm_add"]
+Injection = Literal[INJECTION_MODES]  # type: ignore[valid-type]
 
 READ_HELP = ("which tokens the decoder reads: 'after-system' (default: every turn after a "
              "leading system prompt), 'messages:1,2', 'tokens:START:END' (a token range of the "
@@ -22,11 +27,12 @@ CONTROL_HELP = ("null: the real activations; 'shuffled': another dialog's activa
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Message(_Strict):
-    role: str = Field(min_length=1, max_length=32, examples=["user"])
+    role: str = Field(min_length=1, max_length=32, examples=["user"],
+                      description=f"one of {', '.join(ROLES)}")
     content: str = Field(examples=["What should I cook tonight?"])
 
 
@@ -49,7 +55,7 @@ class ReadRequest(_Reading):
                                  examples=[["What is the persona of the assistant?"]])
     max_new_tokens: int | None = Field(None, ge=1, description="default: 48, or the server's "
                                                                "limit if lower")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy")
+    temperature: float = Field(0.0, ge=0.0, le=TEMPERATURE_MAX, description="0: greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
 
@@ -117,20 +123,23 @@ class TokensResponse(BaseModel):
 # ---- OpenAI-compatible chat completions ------------------------------------------------
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: str = Field(min_length=1, max_length=32)
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: str = Field(min_length=1, max_length=32,
+                      description=f"one of {', '.join(ROLES)}, or developer (= system)")
     content: str | list[dict[str, Any]] | None = Field(
         None, description="text, or a list of {'type': 'text', 'text': ...} parts")
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = Field(None, description="'target' (or any name) for the plain target; "
-                                                "a loaded steering adapter's name for it")
+    model_config = ConfigDict(extra="ignore", strict=True)
+    model: str | None = Field(None, description="'target' (or none) for the plain target; a "
+                                                "loaded steering adapter's name for it (see "
+                                                "/v1/models); any other name is a 404")
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="default 1; 0: greedy")
+    temperature: float | None = Field(None, ge=0.0, le=TEMPERATURE_MAX,
+                                      description="default 1; 0: greedy")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int | None = Field(None, description="only 1 is supported")
     stream: bool | None = Field(None, description="not supported")
@@ -198,7 +207,9 @@ class AdapterList(BaseModel):
 
 class SteerRequest(_Strict):
     config: dict[str, Any] = Field(default_factory=dict,
-                                   description="passed to the steering function as it is")
+                                   description="passed to the steering function as it is, once "
+                                               "checked (latentqa.steering: 'control' and "
+                                               "SteerConfig fields; anything else is a 422)")
     load: bool = Field(True, description="load the resulting adapter for chat when done")
 
 

@@ -7,6 +7,8 @@
 - ``token``: every request but the static page must carry ``Authorization: Bearer <token>``
   (the page itself holds no data; its API calls carry the token) -> else 401;
 - ``max_body_bytes``: a larger Content-Length, or a chunked body that grows past it -> 413.
+
+``PAGE_HEADERS`` are the headers the page is sent with (its Content-Security-Policy).
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from .errors import error_response
 
 PUBLIC_PATHS = ("/", "/favicon.ico")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+# The page is one file with its script and styles inline and nothing loaded from elsewhere:
+# inline scripts and styles are allowed, every other source only from this server (and images
+# also as data: URLs). docs/serve.md quotes this header as it is.
+PAGE_CSP = ("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "img-src 'self' data:")
+PAGE_HEADERS = {"Cache-Control": "no-store", "Content-Security-Policy": PAGE_CSP}
 
 
 def is_loopback(host: str) -> bool:

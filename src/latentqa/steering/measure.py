@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..chat import pad_rendered, render_dialog
-from ..evaluation.stats import wilson_interval
+from ..batching import pad_id, pad_tokens
+from ..chat import render_dialog
+from ..stats import wilson_interval
 from .generate import target_context
 
 VEGAN_KEYWORDS = ("vegan", "veganism", "plant-based", "plant based", "animal products",
@@ -68,7 +69,7 @@ def reply_logprobs(model, tokenizer, dialogs: list[list[dict]], *, adapter: str 
                    batch_size: int = 16) -> list[tuple[float, int]]:
     """(summed log-prob, token count) of each dialog's last message (an assistant reply)
     under the target (adapters off, or only ``adapter`` on)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     rows = []
     for d in dialogs:
@@ -79,7 +80,7 @@ def reply_logprobs(model, tokenizer, dialogs: list[list[dict]], *, adapter: str 
     with target_context(model, adapter):
         for s in range(0, len(order), batch_size):
             chunk = order[s:s + batch_size]
-            ids, attn, scored = pad_rendered([rows[i] for i in chunk], pad)
+            ids, attn, scored = pad_tokens([rows[i] for i in chunk], pad)
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
             logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(
                 -1, ids[:, 1:, None].to(device))[..., 0].cpu()

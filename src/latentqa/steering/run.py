@@ -30,9 +30,10 @@ import torch
 
 from ..activations import capture, gather, recording
 from ..arch import find_blocks
-from ..chat import pad_rendered, render_dialog
+from ..batching import pad_tokens
 from ..decoder import as_target
 from ..decoding import next_token_logprobs
+from ..selection import render_read
 from .adapter import STEER_ADAPTER, SteerSpec, active, add_steering_adapter, save_steering
 from .control import Control
 from .generate import generate_replies
@@ -89,20 +90,19 @@ def _dialogs(prompts, replies):
     return out
 
 
-def _render(tokenizer, dialog):
-    """Ids, read mask and prompt mask. Read: every token of the user turn and the reply (not
-    the template's default system prompt), through the generation prompt when the dialog ends
-    with the user. Prompt: the user message's content tokens."""
-    rendered = render_dialog(tokenizer, dialog, add_generation_prompt=dialog[-1]["role"] == "user")
-    read = [i for i, m in enumerate(dialog) if m["role"] != "system"]
+def _render(tokenizer, dialog, max_tokens):
+    """Ids, read mask and prompt mask. Read: the reader's default selection (every turn: the
+    user turn and the reply, not the template's default system prompt, through the generation
+    prompt when the dialog ends with the user). Prompt: the user message's content tokens."""
+    rendered, read = render_read(tokenizer, dialog, max_tokens=max_tokens)
     users = [i for i, m in enumerate(dialog) if m["role"] == "user"]
-    return rendered.input_ids, rendered.mask(read, whole_turns=True), rendered.mask(users)
+    return rendered.input_ids, read, rendered.mask(users)
 
 
-def _batch(tokenizer, dialogs, pad_id, device):
-    rows = [_render(tokenizer, d) for d in dialogs]
-    ids, attn, read = pad_rendered([(r[0], r[1]) for r in rows], pad_id)
-    _, _, prompt = pad_rendered([(r[0], r[2]) for r in rows], pad_id)
+def _batch(tokenizer, dialogs, pad_id, device, max_tokens=None):
+    rows = [_render(tokenizer, d, max_tokens) for d in dialogs]
+    ids, attn, read = pad_tokens([(r[0], r[1]) for r in rows], pad_id)
+    _, _, prompt = pad_tokens([(r[0], r[2]) for r in rows], pad_id)
     return ids.to(device), attn.to(device), read.to(device), prompt.to(device)
 
 
@@ -168,7 +168,8 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
         for step in range(1, cfg.steps + 1):
             chosen = [dialogs[rng.randrange(len(dialogs))] for _ in range(cfg.batch_size)]
             qa = [control.qa[rng.randrange(len(control.qa))] for _ in chosen]
-            ids, attn, read, prompt = _batch(tok, chosen, reader.pad_id, device)
+            ids, attn, read, prompt = _batch(tok, chosen, reader.pad_id, device,
+                                             reader.info.max_positions)
             anchored = read if cfg.fluency_tokens == "read" else prompt
             steered = None
             with active(model, STEER_ADAPTER):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import write_bytes
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -66,12 +68,9 @@ class ActivationCache:
                 self._memory[key] = value
                 self.bytes += size
         elif self.bytes + size <= self.max_bytes:
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
-            path = self._path(key)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"h": value}, str(tmp))
-            os.replace(tmp, path)
+            write_bytes(self._path(key), save({"h": value}))
             self.bytes += size
         return value
 

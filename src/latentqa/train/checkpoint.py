@@ -1,7 +1,8 @@
 """Checkpoints: the adapter (peft, safetensors) + sidecar, and the trainer's state.
 
-A checkpoint directory is written under a temporary name and renamed into place, so one that
-exists is complete; a run killed mid-write leaves only a ``.tmp`` folder, ignored and removed.
+A checkpoint directory is written under a temporary name and renamed into place, and its
+trainer state last, so one that holds ``trainer_state.pt`` is complete; a run killed mid-write
+leaves a hidden temporary folder or a directory without trainer state, both ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from ..decoder import DecoderSpec, save_decoder
+from ..files import atomic_file
 
 STATE = "trainer_state.pt"
 _NAME = re.compile(r"^step-(\d+)$")
@@ -40,26 +42,32 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class Gathered:
-    """``model`` as ``save_decoder`` sees it, but saving given adapter weights: under FSDP the
-    model's own are shards, so the trainer gathers them first (peft's ``save_pretrained`` takes
-    a ``state_dict``). The files are the ones an unsharded model writes."""
+class Saveable:
+    """``model`` as ``save_decoder`` sees it. peft's ``save_pretrained`` also writes a README.md
+    model card that is a template ("[More Information Needed]"); it is removed in the
+    temporary directory, before that is renamed into place. With ``weights``, those adapter
+    weights are saved instead of the model's own: under FSDP these are shards, so the trainer
+    gathers them first (``save_pretrained`` takes a ``state_dict``), and the files are the ones
+    an unsharded model writes."""
 
-    def __init__(self, model, weights: dict):
+    def __init__(self, model, weights: dict | None = None):
         self.model, self.weights = model, weights
 
     def save_pretrained(self, directory, **kwargs):
-        self.model.save_pretrained(directory, state_dict=self.weights, **kwargs)
+        if self.weights is not None:
+            kwargs["state_dict"] = self.weights
+        self.model.save_pretrained(directory, **kwargs)
+        (Path(directory) / "README.md").unlink(missing_ok=True)
 
 
 def save_checkpoint(out_dir: Path, step: int, model, spec: DecoderSpec, trainer_state: dict,
                     keep: int) -> Path:
     final = checkpoint_dir(out_dir, step)
-    save_decoder(model, final, spec)
-    # trainer state goes in after the adapter, inside the finished directory, atomically too
-    tmp = final / (STATE + ".tmp")
-    torch.save(trainer_state, tmp)
-    tmp.rename(final / STATE)
+    save_decoder(model if isinstance(model, Saveable) else Saveable(model), final, spec)
+    # trainer state goes in after the adapter, inside the finished directory, atomically too:
+    # a directory without it is incomplete (list_checkpoints)
+    with atomic_file(final / STATE, "wb") as f:
+        torch.save(trainer_state, f)
     for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -1,4 +1,4 @@
-"""``latentqa train --config FILE [key=value ...] [--out DIR] [--resume]``."""
+"""``latentqa train --config FILE [key=value ...] [--out DIR] [--resume | --overwrite]``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,12 @@ def register(subparsers) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override an option")
     p.add_argument("--out", help="output directory (same as out_dir=...)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in the output directory")
+                   help="continue from the latest checkpoint in the output directory, with the "
+                        "config the run was started with (only logging, evaluation and "
+                        "checkpoint cadence may change)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in the output directory, then train there "
+                        "(without it, or --resume, such a directory is refused)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config and exit without training")
     p.set_defaults(func=cmd_train)
@@ -37,12 +42,10 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    from .config import check_layers
-    from .loop import model_info_from_config, train
+    from .loop import train
 
-    try:
-        check_layers(cfg, model_info_from_config(cfg.model))
-        train(cfg, resume=args.resume)  # may refuse a checkpoint it cannot resume
+    try:  # the output directory and the layers are checked before anything loads
+        train(cfg, resume=args.resume, overwrite=args.overwrite)
     except ConfigError as e:
         raise UsageError(f"bad training config: {e}") from None
     return 0

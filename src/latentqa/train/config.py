@@ -1,4 +1,5 @@
-"""Training configuration: a flat dataclass, read from YAML or TOML, overridden by key=value.
+"""Training configuration: a flat dataclass, read from YAML or TOML (a file may name a ``base:``
+config it changes), overridden by key=value.
 
 Everything is checked before any model weights load: unknown keys, types, ranges, data paths,
 and read/write layers against the model's config.json.
@@ -91,7 +92,6 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 100
     eval_examples: int = 64
-    sample_answers: int = 3
     save_every: int = 100
     keep_checkpoints: int = 2
 
@@ -146,29 +146,93 @@ def _coerce(key: str, value, hint):
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
-    path = Path(path)
+    """The values of a YAML or TOML config, its ``base:`` chain resolved.
+
+    ``base: OTHER.yaml`` (a path relative to the file that names it) reads that config first
+    and lets this file's keys replace its keys, lists included (a list is replaced whole, never
+    merged). A base may name a base of its own; a file reached twice in one chain is refused.
+    """
+    return _read_with_bases(Path(path), ())
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
+    values = _read_one(path)
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config file {path}: base must be the path of another config file, "
+                          f"got {base!r}")
+    base_path = path.parent / base
+    here = chain + (path.resolve(),)
+    if base_path.resolve() in here:
+        loop = " -> ".join(str(p) for p in here[here.index(base_path.resolve()):])
+        raise ConfigError(f"config file {path}: base {base} makes a cycle ({loop} -> "
+                          f"{base_path.resolve()})")
+    if not base_path.is_file():
+        raise ConfigError(f"config file {path}: its base {base_path} does not exist (a base "
+                          "is relative to the file that names it)")
+    merged = _read_with_bases(base_path, here)
+    merged.update(values)
+    return merged
+
+
+def _read_one(path: Path) -> dict:
+    """One config file's mapping, every problem one line naming the file."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
     try:
-        if path.suffix == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib
-
-            return tomllib.loads(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} "
+                          f"on line {line}); save it as UTF-8") from None
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            loaded = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: "
+                              f"{_one_line(str(e))}") from None
+    else:
         import yaml
 
-        loaded = yaml.safe_load(text)
-    except Exception as e:
-        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {e}") \
-            from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") \
+                from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    bad = [k for k in loaded if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"config file {path}: key {bad[0]!r} is not a name")
     return loaded
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _yaml_problem(e) -> str:
+    """PyYAML's several-line message as one line: where, what, and what it was inside."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or not problem:
+        return _one_line(str(e))
+    out = f"line {mark.line + 1}, column {mark.column + 1}: {_one_line(problem)}"
+    context, where = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context:
+        out += f" ({_one_line(context)}"
+        if where is not None and (where.line, where.column) != (mark.line, mark.column):
+            out += f" started at line {where.line + 1}, column {where.column + 1}"
+        out += ")"
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -181,9 +245,18 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def build_config(values: dict) -> TrainConfig:
-    """A checked TrainConfig from a mapping (file values updated by overrides)."""
+# keys that configs once held and the trainer no longer has: refused with the reason
+REMOVED_KEYS = {
+    "sample_answers": "it was never read (no step sampled answers); delete it from the config",
+}
+
+
+def build_config(values: dict, *, check_paths: bool = True) -> TrainConfig:
+    """A checked TrainConfig from a mapping (file values updated by overrides).
+    ``check_paths=False`` skips only the checks that the data and ``init_decoder`` exist."""
     hints = get_type_hints(TrainConfig)
+    for key in sorted(set(values) & set(REMOVED_KEYS)):
+        raise ConfigError(f"{key} is no longer a config key: {REMOVED_KEYS[key]}")
     unknown = sorted(set(values) - set(hints))
     if unknown:
         import difflib
@@ -193,19 +266,22 @@ def build_config(values: dict) -> TrainConfig:
                           + (f" (did you mean {hint[0]!r}?)" if hint else "")
                           + f"; known keys: {', '.join(sorted(hints))}")
     cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
-    check_config(cfg)
+    check_config(cfg, check_paths=check_paths)
     return cfg
 
 
-def check_config(cfg: TrainConfig) -> None:
+def check_config(cfg: TrainConfig, *, check_paths: bool = True) -> None:
     def need(cond, message):
         if not cond:
             raise ConfigError(message)
 
+    def exists(path) -> bool:
+        return not check_paths or Path(path).exists()
+
     need(cfg.data, "data: give at least one data file or folder")
     for key in ("data", "eval_data"):
         for p in getattr(cfg, key):
-            need(Path(p).exists(), f"{key}: {p} does not exist")
+            need(exists(p), f"{key}: {p} does not exist")
     need(cfg.batch_size >= 1, f"batch_size must be at least 1, got {cfg.batch_size}")
     need(cfg.grad_accum >= 1, f"grad_accum must be at least 1, got {cfg.grad_accum}")
     need(cfg.epochs >= 1 or cfg.max_steps >= 1, "set epochs or max_steps to at least 1")
@@ -219,9 +295,9 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.relation_share == 0 or cfg.relation_data,
          "relation_share > 0 needs relation_data (relation files or folders)")
     for p in cfg.relation_data:
-        need(Path(p).exists(), f"relation_data: {p} does not exist")
+        need(exists(p), f"relation_data: {p} does not exist")
     if cfg.init_decoder:
-        need((Path(cfg.init_decoder) / "adapter_model.safetensors").is_file(),
+        need(not check_paths or (Path(cfg.init_decoder) / "adapter_model.safetensors").is_file(),
              f"init_decoder: {cfg.init_decoder} holds no adapter_model.safetensors (give a "
              "decoder directory written by latentqa train)")
         need(not cfg.full_finetune, "init_decoder works with LoRA, not full_finetune")

@@ -33,6 +33,7 @@ from ..data import (
     load_triples,
     split_by_label,
 )
+from ..data.probe import IGNORE_INDEX
 from ..decoder import DecoderSpec, add_decoder_adapter, add_full_finetune_adapter, save_decoder
 from ..decoding import decoder_loss_sum, read_activations
 from ..evaluation.heldout import heldout_losses
@@ -43,6 +44,7 @@ from . import fsdp
 from .cache import ActivationCache
 from .config import ConfigError, TrainConfig, check_layers
 from .report import Reporter
+from .rundir import check_out_dir, clear_run
 
 
 def cpu_has_bf16() -> bool:
@@ -121,15 +123,24 @@ class Distributed:
 
 
 def _labelled(labels: torch.Tensor) -> int:
-    return int((labels[:, 1:] != -100).sum())
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+          log=print) -> dict:
+    """Train a decoder into ``cfg.out_dir``. A directory that holds a run already needs
+    ``resume`` (continue it, with the config it was started with) or ``overwrite`` (delete it
+    first); both are checked, with the layers, before any data or weights load."""
     out_dir = Path(cfg.out_dir)
+    quiet = os.environ.get("RANK", "0") != "0"
+    # every rank checks before the process group forms, so none has written anything yet
+    check_out_dir(cfg, resume=resume, overwrite=overwrite,
+                  log=(lambda *a, **k: None) if quiet else log)
     check_layers(cfg, model_info_from_config(cfg.model))  # before any weights load
     ddp = Distributed(cfg.device)
     try:
-        return _train(cfg, out_dir, ddp, resume, log if ddp.main else (lambda *a, **k: None))
+        return _train(cfg, out_dir, ddp, resume, overwrite,
+                      log if ddp.main else (lambda *a, **k: None))
     finally:
         ddp.close()
 
@@ -138,7 +149,8 @@ def model_info_from_config(spec: str) -> int:
     return config_info(load_config(spec)).num_blocks
 
 
-def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log) -> dict:
+def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, overwrite: bool,
+           log) -> dict:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = ddp.device
@@ -150,6 +162,11 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
         written = "fsdp on several processes" if state.get("sharded") else "ddp or one process"
         raise ConfigError(f"distributed: {found[-1]} was written by a run with {written} (the "
                           "optimizer state is laid out differently); resume it the same way")
+    if ddp.main and (overwrite or (resume and not found)):  # nothing of the old run stays
+        gone = clear_run(out_dir)
+        if gone:
+            log(f"removed the earlier run's {', '.join(gone)} from {out_dir}")
+    ddp.barrier()
 
     # data
     data = load_data(cfg.data, system_recovery=cfg.system_recovery)
@@ -205,8 +222,8 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
                                         drop_last=True)
     steps_per_epoch = len(sampler) // cfg.grad_accum
     if steps_per_epoch < 1:
-        raise ValueError(f"too little data for one step: {len(train_set)} examples, batch "
-                         f"{cfg.batch_size} x {cfg.grad_accum} accumulation x {ddp.world} ranks")
+        raise ConfigError(f"too little data for one step: {len(train_set)} examples, batch "
+                          f"{cfg.batch_size} x {cfg.grad_accum} accumulation x {ddp.world} ranks")
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
 
     if cfg.optimizer == "adamw":
@@ -328,8 +345,10 @@ def _train(cfg: TrainConfig, out_dir: Path, ddp: Distributed, resume: bool, log)
                 metrics = evaluate(model, eval_set, collate, cfg, precision, device, ddp,
                                    sharded)
                 reporter.log({"step": step, **metrics})
+                shuffled = metrics.get("eval_loss_shuffled")
                 log(f"step {step}  eval loss {metrics['eval_loss']:.4f} (shuffled "
-                    f"{metrics['eval_loss_shuffled']:.4f})")
+                    + (f"{shuffled:.4f})" if shuffled is not None else
+                       "not measured: the held-out examples share one label)"))
             if step % cfg.save_every == 0 or step == total_steps:
                 state = {"optimizer": fsdp.optimizer_state(model, optimizer) if sharded
                          else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -373,9 +392,10 @@ def _gather_rng(ddp: Distributed) -> list:
 
 
 def _saveable(model, sharded: bool, main: bool):
-    """What to hand to save_decoder: under FSDP the adapter gathered whole (every rank takes
-    part; the main rank keeps it and writes), so the files are those of an unsharded run."""
-    return ckpt.Gathered(model, fsdp.full_weights(model, keep=main)) if sharded else model
+    """What to hand to save_decoder: the model without peft's README, and under FSDP the
+    adapter gathered whole (every rank takes part; the main rank keeps it and writes), so the
+    files are those of an unsharded run."""
+    return ckpt.Saveable(model, fsdp.full_weights(model, keep=main) if sharded else None)
 
 
 def _load_adapter_weights(model, directory: Path) -> None:
@@ -408,18 +428,24 @@ def evaluate(model, eval_set, collate, cfg, precision, device, ddp, sharded=Fals
     """Held-out loss with real activations and with another record's (the shuffled control).
 
     Under FSDP every rank evaluates every example: a sharded forward is a collective, so all
-    ranks must run the same passes (split, they would not: ranks get different batch counts
-    and skip different shuffled controls).
+    ranks must run the same passes (split, they would not: ranks get different batch counts).
+    Held-out examples that all share one label have no shuffled control (no donor exists):
+    only the real loss is reported then.
     """
     rank, world = (0, 1) if sharded else (ddp.rank, ddp.world)
     n = min(cfg.eval_examples, len(eval_set))
     idx = list(range(len(eval_set)))
     random.Random(cfg.seed).shuffle(idx)
+    data = eval_set.data
+    labels = {data.records[data.pairs[i].record].label for i in idx[:n]}
+    conditions = ("real", "shuffled") if len(labels) > 1 else ("real",)
     totals = heldout_losses(
         model, eval_set, collate, idx[:n], layer=cfg.read_layers[len(cfg.read_layers) // 2],
         write_layer=cfg.write_layer, mode=cfg.injection, batch_size=cfg.batch_size,
-        conditions=("real", "shuffled"), autocast=lambda: autocast(precision, device),
-        device=device, rank=rank, world=world)
+        conditions=conditions, autocast=lambda: autocast(precision, device),
+        device=device, rank=rank, world=world, seed=cfg.seed)
     sums = totals if sharded else ddp.sum(totals)
-    return {"eval_loss": float(sums[0, 0] / max(sums[0, 1], 1)),
-            "eval_loss_shuffled": float(sums[1, 0] / max(sums[1, 1], 1))}
+    out = {"eval_loss": float(sums[0, 0] / max(sums[0, 1], 1))}
+    if len(conditions) > 1:
+        out["eval_loss_shuffled"] = float(sums[1, 0] / max(sums[1, 1], 1))
+    return out

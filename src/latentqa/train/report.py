@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from ..files import save_figure, write_json, write_text
+
 
 class Reporter:
     def __init__(self, out_dir: Path, *, enabled: bool = True):
@@ -35,9 +37,7 @@ class Reporter:
                 continue  # a torn last line from a kill
             if row.get("step", 0) <= step:
                 keep.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-        tmp.rename(self.path)
+        write_text(self.path, "".join(line + "\n" for line in keep))
 
     def rows(self) -> list[dict]:
         if not self.path.exists():
@@ -50,17 +50,23 @@ class Reporter:
     def finish(self, summary: dict) -> None:
         if not self.enabled:
             return
-        tmp = self.out_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        tmp.rename(self.out_dir / "summary.json")
+        write_json(self.out_dir / "summary.json", summary)
         plot_losses(self.rows(), self.out_dir / "loss.png")
 
 
 def plot_losses(rows: list[dict], path: Path) -> None:
+    """The loss curves as a PNG, written atomically."""
+    save_figure(loss_figure(rows), path)
+
+
+def loss_figure(rows: list[dict]):
+    """Training and held-out losses against the optimizer step (integer ticks: a short run's
+    axis shows steps 1, 2, 3, not 1.25)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     real = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
@@ -71,11 +77,9 @@ def plot_losses(rows: list[dict], path: Path) -> None:
         if points:
             ax.plot(*zip(*points), style, label=label, markersize=3)
     ax.set_xlabel("optimizer step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (nats per labelled token)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.rename(path)
+    return fig

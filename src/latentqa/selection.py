@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..chat import RenderedDialog
+from .chat import RenderedDialog, render_dialog
 from .errors import ReadingError
 
 KINDS = ("after-system", "messages", "tokens", "last")
@@ -26,10 +26,6 @@ class Read:
     start: int | None = None
     end: int | None = None
     count: int = 0
-
-    @classmethod
-    def after_system(cls) -> "Read":
-        return cls()
 
     @classmethod
     def of_messages(cls, *indices: int) -> "Read":
@@ -120,3 +116,21 @@ def parse_read(text: str) -> Read:
             raise
     raise ReadingError(f"read: cannot parse {text!r}; use after-system, messages:1,2, "
                        "tokens:START:END or last:N")
+
+
+def render_read(tokenizer, messages, read: Read | None = None, *, max_tokens: int | None = None,
+                add_generation_prompt: bool | None = None):
+    """Render a dialog as the target sees it and select the tokens to read.
+
+    Returns ``(rendered, mask)``. The generation prompt is added when the dialog ends with the
+    user, unless ``add_generation_prompt`` says otherwise; a rendering longer than
+    ``max_tokens`` raises ``DialogTooLongError``; a selection that reads nothing raises
+    ``ReadingError``. Every path that reads the target (reading, training data, evaluation,
+    steering, the server) selects its tokens here.
+    """
+    messages = list(messages)
+    if add_generation_prompt is None:
+        add_generation_prompt = bool(messages) and messages[-1]["role"] == "user"
+    rendered = render_dialog(tokenizer, messages, add_generation_prompt=add_generation_prompt,
+                             max_tokens=max_tokens)
+    return rendered, (read or Read()).mask(rendered)
