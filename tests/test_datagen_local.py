@@ -25,6 +25,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.heavy
 def test_local_backend_writes_a_loadable_dataset(tmp_path, one_thread):
     out = tmp_path / "out"
     args = ["data", "generate", "--out", str(out), "--backend", "local", "--num-behaviours",

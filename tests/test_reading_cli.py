@@ -145,3 +145,84 @@ def test_mismatched_decoder_is_one_line(dev_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "made for another target" in err and "hidden size 4096 vs 576" in err
     assert "Traceback" not in err
+
+
+# ---- the rules shared with the server (latentqa.validation), batch output, corrupt decoders --
+
+def _one_line(capsys, argv, *needles):
+    assert reading_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("latentqa: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["read", "--user", "\udced\udca0\udc80", "-q", "Who?"], ["--user", "lone surrogate"]),
+    (["read", *ARGS, "-q", "Who?", "-q", "\udced\udca0\udc80"], ["--question[1]", "Unicode"]),
+    (["score", *ARGS, "-q", "Who?", "-c", "\ud800"], ["--candidate[0]", "lone surrogate"]),
+    (["read", *ARGS, "-q", ""], ["--question[0] is empty"]),
+    (["read", *ARGS, "-q", "Who?", "--temperature", "-1"], ["--temperature", "between 0"]),
+    (["read", *ARGS, "-q", "Who?", "--top-p", "2"], ["--top-p", "at most 1"]),
+    (["read", *ARGS, "-q", "Who?", "--max-new-tokens", "0"], ["--max-new-tokens"]),
+])
+def test_the_cli_applies_the_servers_rules(patched, capsys, argv, needles):
+    _one_line(capsys, argv, *needles)
+    assert not patched  # refused before the model loads
+
+
+def test_bad_dialog_files_name_the_file_and_line(patched, tmp_path, capsys):
+    lone = tmp_path / "lone.json"
+    lone.write_text('[{"role": "user", "content": "\\ud800"}]')  # the JSON escape
+    _one_line(capsys, ["read", str(lone), "-q", "Who?"], str(lone),
+              "messages[0].content", "lone surrogate")
+    wizard = tmp_path / "wizard.jsonl"
+    wizard.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n" +
+                      json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}) + "\n")
+    _one_line(capsys, ["read", str(wizard), "-q", "Who?"], f"{wizard}, line 2",
+              "unknown role 'wizard'")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"dialog": "hi", "question": "Who?"}) + "\n" +
+                    json.dumps({"dialog": "hi", "question": "Who?", "id": "\ud800"}) + "\n")
+    _one_line(capsys, ["read", "--batch", str(rows)], f"{rows}, line 2", "'id'")
+    assert not patched
+
+
+def test_batch_row_over_the_context_names_its_line_and_writes_nothing(patched, tmp_path,
+                                                                      capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in [
+        {"dialog": "Ahoy", "question": "Who?"},
+        {"dialog": "Ahoy", "question": "why " * 9000}]) + "\n")
+    out = tmp_path / "out.jsonl"
+    _one_line(capsys, ["read", "--batch", str(rows), "-o", str(out), "--max-new-tokens", "2"],
+              f"{rows}, line 2", "context of 8192 tokens")
+    assert not out.exists() and list(tmp_path.iterdir()) == [rows]  # no partial or temp file
+    out.write_text("kept\n")  # an existing output is left as it was
+    _one_line(capsys, ["score", "--batch", str(rows), "-o", str(out)], "needs a non-empty "
+              "'candidates'")
+    assert out.read_text() == "kept\n"
+
+
+def test_batch_output_may_not_be_its_input(patched, tmp_path, capsys, monkeypatch):
+    rows = tmp_path / "rows.jsonl"
+    text = json.dumps({"dialog": "Ahoy", "question": "Who?"}) + "\n"
+    rows.write_text(text)
+    monkeypatch.chdir(tmp_path)
+    for same in (str(rows), "rows.jsonl", "./sub/../rows.jsonl"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        _one_line(capsys, ["read", "--batch", str(rows), "-o", same], "is the batch input")
+    assert rows.read_text() == text and not patched
+
+
+def test_a_truncated_decoder_is_one_line_naming_the_file(dev_dir, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "decoder"
+    shutil.copytree(dev_dir, bad)
+    weights = bad / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    _one_line(capsys, ["read", *ARGS, "-q", "Who?", "--decoder", str(bad)], str(weights),
+              "truncated or corrupt")

@@ -15,10 +15,8 @@ import time
 
 import pytest
 import torch
-from serve_helpers import random_decoder, serving
-
-fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_helpers import random_decoder, serving
 
 from latentqa.serve import Limits, create_app  # noqa: E402
 from latentqa.serve.engine import Engine, ReadJob  # noqa: E402
@@ -498,7 +496,6 @@ def test_cli_refuses_non_loopback_without_token(capsys, monkeypatch):
         assert "cannot listen" in capsys.readouterr().err
 
 
-@pytest.mark.heavy
 def test_serves_the_shipped_decoder_on_smollm2():
     from latentqa.reading import load
 

@@ -25,10 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+import httpx  # noqa: E402
 import pytest
 from serve_helpers import random_decoder, serving
-
-httpx = pytest.importorskip("httpx")
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts" / "browser"

@@ -16,13 +16,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx  # noqa: E402
 import pytest
 import torch
 from serve_helpers import random_decoder, serving
-
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
 
 from latentqa.serve import Limits, create_app  # noqa: E402
 

@@ -107,6 +107,7 @@ def test_run_writes_decoder_metrics_plot_and_steps_the_schedule_per_step(tiny_ta
     assert spec["num_blocks"] == 4 and spec["target"] == str(tiny_target)
 
 
+@pytest.mark.heavy
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_target, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     proc = _cli(_args(tiny_target, straight, lora_dropout=0.1))
@@ -138,6 +139,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_target, tmp_path)
     assert steps == sorted(set(steps)), "metrics logged twice after the resume"
 
 
+@pytest.mark.heavy
 def test_two_process_ddp_equals_one_process_with_accumulation(tiny_target, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     common = dict(lora_dropout=0.0, max_steps=3, save_every=3, eval_every=3)
@@ -157,6 +159,7 @@ def test_two_process_ddp_equals_one_process_with_accumulation(tiny_target, tmp_p
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.heavy
 def test_activation_cache_gives_the_same_run(tiny_target, tmp_path):
     fixture = str(Path(__file__).parent / "fixtures" / "data" / "good")
     runs = {}
@@ -187,6 +190,7 @@ def _torchrun(args):
     return run.stdout + run.stderr
 
 
+@pytest.mark.heavy
 def test_two_process_fsdp_equals_one_process_and_resumes(tiny_target, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     fixture = json.dumps([str(Path(__file__).parent / "fixtures" / "data" / "good")])

@@ -20,11 +20,9 @@ import torch.nn.functional as F
 
 from .activations import capture, gather, inject, position_ids_from_mask
 from .batching import pad_id
-from .data.probe import pad_probes
+from .data.probe import IGNORE_INDEX, pad_probes
 from .decoder import as_target
 from .generation import cut_at_end, end_ids, generate_batch
-
-IGNORE_INDEX = -100
 
 
 def read_activations(model, input_ids, attention_mask, read_mask, layer: int, *,
