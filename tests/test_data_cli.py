@@ -67,3 +67,22 @@ def test_load_error_through_the_cli_is_one_clean_message(capsys, monkeypatch):
     assert code == 2 and "Traceback" not in err
     assert "latentqa: error: 4 problems in the data" in err
     assert "stimulus.json: record 1: field 'stimulus_user': missing" in err
+
+
+def test_stats_names_a_lone_surrogate_by_file_and_record(capsys, tmp_path):
+    bad = tmp_path / "lone.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "label": "a",
+                               "qa": [["Who?", "A."]]}) + "\n" +
+                   '{"messages": [{"role": "user", "content": "\\ud800"}], "label": "a"}\n')
+    for extra in ([], ["--no-tokens"]):  # with tokens: the tokenizer never sees it
+        code, out, _ = _run(capsys, bad, *extra)
+        assert code == 1
+        assert f"{bad}: line 2 (record 1): field 'messages[0].content': is not valid " \
+               "Unicode text: it holds a lone surrogate U+D800" in out
+
+
+def test_stats_on_a_folder_without_data_files_is_an_error(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("not data")
+    code, out, err = _run(capsys, tmp_path, "--no-tokens")
+    assert code == 2 and out == ""
+    assert err == f"latentqa: error: {tmp_path} holds no .json or .jsonl files\n"
