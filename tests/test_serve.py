@@ -637,7 +637,10 @@ def test_steer_checks_the_config_before_accepting_it(reader, tmp_path):
                             ({"config": {"control": [["q"]]}}, "config.control"),
                             ({"config": {"control": str(tmp_path / "none.json")}},
                              "config.control"),
-                            ({"config": {"control": "Be a pirate.", "prompts": []}},
+                            ({"config": {"control": "Be a pirate.", "prompts": [3]}},
+                             "config.prompts"),
+                            ({"config": {"control": "Be a pirate.",
+                                         "prompts": str(tmp_path / "none.txt")}},
                              "config.prompts"),
                             ({"config": {"control": "x", "note": LONE}}, "config.note")]:
             r = c.post("/v1/steer", content=json.dumps(body),

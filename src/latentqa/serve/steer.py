@@ -106,9 +106,9 @@ def check_steer_config(config: dict) -> None:
             except (LatentQAError, OSError, ValueError) as e:
                 raise FieldError(f"config.prompts: {e}", "config.prompts") from None
             continue
-        if not isinstance(value, list) or not value or not all(
-                isinstance(v, str) and v.strip() for v in value):
-            raise FieldError(f"config.{key}: expected a non-empty list of prompts (strings)"
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip()
+                                                  for v in value):
+            raise FieldError(f"config.{key}: expected a list of prompts (non-empty strings)"
                              + (" or a prompts file" if key == "prompts" else ""),
                              f"config.{key}")
     for key, kind in kinds.items():
