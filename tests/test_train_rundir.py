@@ -134,12 +134,14 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_clean(tiny_t
 def test_out_dir_that_is_a_file_is_refused_before_anything_loads(monkeypatch, tmp_path, capsys,
                                                                   sub):
     import latentqa.train.loop as loop
+    import latentqa.train.recipe as recipe
 
     def nothing(*a, **k):
         raise AssertionError("data or weights loaded before out_dir was checked")
 
-    for name in ("load_data", "load_model", "model_info_from_config"):
-        monkeypatch.setattr(loop, name, nothing)
+    for module, name in ((recipe, "load_data"), (recipe, "load_model"),
+                         (loop, "load_config")):
+        monkeypatch.setattr(module, name, nothing)
     (tmp_path / "taken").write_text("a file")
     out = tmp_path / "taken" / sub if sub else tmp_path / "taken"
     assert main(_args("smollm2-135m", out)) == 2
@@ -173,12 +175,12 @@ def test_train_writes_files_through_files_py_and_one_ignore_index():
     """No module of the trainer writes its own temporary file and renames it; the label mask
     is the data package's one IGNORE_INDEX."""
     import latentqa.data.probe as probe
-    import latentqa.train.loop as loop
+    import latentqa.train.recipe as recipe
 
     src = REPO / "src" / "latentqa" / "train"
-    for name in ("report.py", "cache.py", "checkpoint.py", "loop.py"):
+    for name in ("report.py", "cache.py", "checkpoint.py", "loop.py", "recipe.py"):
         text = (src / name).read_text()
         assert ".rename(" not in text and "os.replace(" not in text and '".tmp' not in text, \
             name
-    assert "-100" not in (src / "loop.py").read_text()
-    assert loop.IGNORE_INDEX is probe.IGNORE_INDEX
+        assert "-100" not in text, name
+    assert recipe.IGNORE_INDEX is probe.IGNORE_INDEX

@@ -120,7 +120,8 @@ def _sources(probe) -> torch.Tensor:
 
 
 def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: int = 0,
-                     mode: str = "replace", batch_size: int = 16) -> list[list[torch.Tensor]]:
+                     mode: str = "replace", batch_size: int = 16,
+                     share_opening: bool = True) -> list[list[torch.Tensor]]:
     """Labelled-token log-probs of every probe of every group: ``out[g][k]`` for probe k of
     group g, the same numbers ``labelled_logprobs`` gives.
 
@@ -131,9 +132,13 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
     after its last predicting position (its last token) are left out: no labelled token
     depends on them. Nothing is padded inside a group and nothing is copied, so the cost is
     the prefix plus the answers; the opening all groups share (the probe's chat header, before
-    the placeholders) runs once per call. Groups that cannot be packed (no shared prefix, an
-    attention kernel without arbitrary masks, a sliding window shorter than a probe) are
-    scored probe by probe in one padded batch.
+    the placeholders) runs once per call unless ``share_opening`` is off (its cache is copied
+    per row, which autograd cannot do: training turns it off). Groups that cannot be packed
+    (no shared prefix, an attention kernel without arbitrary masks, a sliding window shorter
+    than a probe) are scored probe by probe in one padded batch.
+
+    Gradients flow when the caller enables them: the trainer packs all QA pairs of a record
+    into one group, so its placeholders and the probe's opening run once for all its pairs.
     """
     body, head, config = body_and_head(model)
     device = body.get_input_embeddings().weight.device
@@ -153,7 +158,8 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
     order = sorted((g for g, ok in enumerate(packable) if ok),
                    key=lambda g: shared[g] + sum(len(p.input_ids) - shared[g]
                                                  for p in groups[g].probes))
-    lead = _lead(body, config, [groups[g] for g in order], [shared[g] for g in order], device)
+    lead = _lead(body, config, [groups[g] for g in order], [shared[g] for g in order], device) \
+        if share_opening else (0, None)
     chunk: list[int] = []
     for g in order + [None]:
         if g is not None and (not chunk or sum(len(groups[c].probes) for c in chunk)
@@ -296,6 +302,20 @@ def decoder_loss_sum(model, batch: dict, vectors, *, write_layer: int, mode: str
         model, batch["decoder_input_ids"], batch["decoder_attention_mask"], batch["labels"],
         placeholder_mask=batch["placeholder_mask"], vectors=vectors, write_layer=write_layer,
         mode=mode)
+    return -logp.sum(), logp.numel()
+
+
+def rows_loss_sum(model, probes: list[list], vectors: list[torch.Tensor] | None, *, pad_id: int,
+                  write_layer: int = 0, mode: str = "replace"):
+    """Summed negative log-likelihood and count of the labelled tokens of every probe, with
+    ``vectors[i]`` injected into each probe of ``probes[i]``: the same numbers (and gradients)
+    as one padded row per probe (``decoder_loss_sum``), but each ``probes[i]`` runs as one
+    packed row, its shared prefix once (``grouped_logprobs``). One forward pass."""
+    groups = [Group(p, None if vectors is None else v) for p, v in
+              zip(probes, vectors if vectors is not None else [None] * len(probes))]
+    out = grouped_logprobs(model, groups, pad_id=pad_id, write_layer=write_layer, mode=mode,
+                           batch_size=sum(len(p) for p in probes), share_opening=False)
+    logp = torch.cat([x for row in out for x in row])
     return -logp.sum(), logp.numel()
 
 

@@ -39,3 +39,17 @@ class Collator:
             "placeholder_mask": pad([e.placeholder_mask for e in examples], False, side=side),
             "labels": pad([e.labels for e in examples], IGNORE_INDEX, side=side),
         }
+
+    def rows(self, rows) -> dict:
+        """A batch of ``Row``s: the target's side padded as for examples, the probes as given
+        (``decoding.grouped_logprobs`` packs each row's probes itself)."""
+        if not rows:
+            raise ValueError("cannot collate an empty batch")
+        target = [r.target_input_ids for r in rows]
+        return {
+            "target_input_ids": pad(target, self.pad_id, side=self.side),
+            "target_attention_mask": attention_mask(target, side=self.side),
+            "read_mask": pad([r.read_mask for r in rows], False, side=self.side),
+            "probes": [r.probes for r in rows],
+            "records": [r.record for r in rows],
+        }

@@ -3,6 +3,8 @@
 An ``Example`` pairs the target's input ids with its read mask (the tokens whose activations
 are captured: the whole turns of the record's read messages, never a masked turn nor a default
 system prompt the template injects) and the decoder's probe, with one placeholder per read token.
+A ``Row`` is the same for every QA pair of one record: one read of the target, several probes
+(the trainer packs them into one decoder row, ``decoding.grouped_logprobs``).
 """
 
 from __future__ import annotations
@@ -106,3 +108,61 @@ class LatentQADataset(torch.utils.data.Dataset):
             self._lengths = [sizes[p.record] + len(p.question) + len(p.answer)
                              for p in self.data.pairs]
         return self._lengths
+
+
+@dataclass
+class Row:
+    """Every QA pair of one record: the target's input once, one probe per pair."""
+
+    record: int  # index into ``LatentQAData.records``
+    target_input_ids: torch.Tensor  # long [T]
+    read_mask: torch.Tensor  # bool [T]
+    probes: list  # of data.probe.Probe, one per pair, in the record's pair order
+
+    @property
+    def num_read(self) -> int:
+        return int(self.read_mask.sum())
+
+
+class LatentQARows(torch.utils.data.Dataset):
+    """``Row``s of a ``LatentQADataset``: one per record with pairs, or one per pair
+    (``per_record=False``: the one-pair-per-row layout, each row a single probe)."""
+
+    def __init__(self, examples: LatentQADataset, *, per_record: bool = True):
+        self.examples, self.data = examples, examples.data
+        groups: dict[int, list[int]] = {}
+        for i, pair in enumerate(self.data.pairs):
+            groups.setdefault(pair.record, []).append(i)
+        self.rows = list(groups.values()) if per_record else [[i] for i in
+                                                              range(len(self.data.pairs))]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def pairs(self, i: int) -> list[int]:
+        """Indices (into ``data.pairs``) of row ``i``'s pairs."""
+        return self.rows[i]
+
+    def record(self, i: int) -> int:
+        return self.data.pairs[self.rows[i][0]].record
+
+    def __getitem__(self, i: int) -> Row:
+        ex = self.examples
+        record = self.record(i)
+        target = ex.target(record)
+        n = int(target.read_mask.sum())
+        probes = [ex.builder.build(n, self.data.pairs[k].question, self.data.pairs[k].answer,
+                                   supervise=ex.supervise, layer=ex.layer)
+                  for k in self.rows[i]]
+        return Row(record, target.input_ids, target.read_mask, probes)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Cheap size of each row (characters): its target dialog once, each pair's probe."""
+        per_pair, records = self.examples.lengths, self.data.records
+        out = []
+        for row in self.rows:
+            r = records[self.data.pairs[row[0]].record]
+            dialog = sum(len(m["content"]) for m in r.messages)
+            out.append(dialog + sum(per_pair[k] - dialog for k in row))
+        return out

@@ -74,8 +74,12 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     epochs: int = 1
     max_steps: int = 0  # 0: run `epochs` epochs
-    batch_size: int = 8  # per process and micro-batch
+    batch_size: int = 8  # rows per process and micro-batch (see pack_questions)
     grad_accum: int = 1
+    # a row is one record with all its QA pairs (the target read once, the decoder's
+    # placeholders and opening run once, each QA block seeing that prefix and itself only);
+    # false: one QA pair per row. batch_size counts rows either way
+    pack_questions: bool = True
     precision: str = "auto"  # auto: bf16 autocast on CPUs with bf16 and on GPUs, else fp32
     seed: int = 0
     gradient_checkpointing: bool = False

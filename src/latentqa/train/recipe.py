@@ -1,0 +1,383 @@
+"""Latent Interpretation Tuning as plain parts, composed by ``loop.train``.
+
+    recipe = Recipe(cfg, dist, log)
+    recipe.setup_data()                 # files -> split -> extra records -> rows
+    recipe.setup_model(checkpoint)      # one copy of the weights, LoRA on it (adapter off: target)
+    recipe.setup_optimizer(state)       # AdamW/SGD, the per-step schedule, the batch sampler
+    recipe.train_step(micro_batches)    # read the target, decode, backward, one optimizer step
+    recipe.evaluate()                   # held-out loss, real and shuffled activations
+    recipe.checkpoint(...) / recipe.save_decoder(...)
+
+A row is one record with all its QA pairs (``pack_questions``): the target is read once and the
+decoder runs the record's placeholders and the probe's opening once, each QA block attending to
+that prefix and to itself only (``decoding.rows_loss_sum``). The loss is the mean over every
+labelled token of the step across micro-batches and ranks, the same number and gradients as one
+pair per row, so N processes compute what one process with N-fold accumulation computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+
+from ..arch import model_info
+from ..batching import pad_id
+from ..data import (
+    IGNORE_INDEX,
+    LAYOUTS,
+    Collator,
+    LatentQADataset,
+    LatentQARows,
+    LengthGroupedBatchSampler,
+    add_plain_dialogs,
+    add_relation_records,
+    add_system_swaps,
+    load_data,
+    load_triples,
+    split_by_label,
+)
+from ..decoder import DecoderSpec, add_decoder_adapter, add_full_finetune_adapter, save_decoder
+from ..decoding import read_activations, rows_loss_sum
+from ..evaluation.heldout import heldout_losses
+from ..files import file_hashes
+from ..models import load_model
+from . import checkpoint as ckpt
+from . import fsdp
+from .cache import ActivationCache
+from .config import ConfigError, TrainConfig
+from .distributed import Distributed
+
+
+def cpu_has_bf16() -> bool:
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe and probe())
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    if device.type == "cuda":
+        return "bf16-autocast"
+    return "bf16-autocast" if cpu_has_bf16() else "fp32"
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "bf16-autocast":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    """Warmup then the schedule, as a function of the optimizer step (not the epoch)."""
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" \
+            else 1 - progress
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+    return f
+
+
+def sample_layer(cfg: TrainConfig, step: int) -> int:
+    """The read layer for a step: seeded by (seed, step) alone, so ranks and resumes agree."""
+    if len(cfg.read_layers) == 1:
+        return cfg.read_layers[0]
+    return random.Random(cfg.seed * 1_000_003 + step).choice(cfg.read_layers)
+
+
+class DecoderLoss(torch.nn.Module):
+    """The decoder's summed loss over a batch of rows, as a module so that DDP can wrap it
+    (DDP synchronises the gradients of what runs inside its ``forward``)."""
+
+    def __init__(self, model, *, pad_id: int, write_layer: int, mode: str):
+        super().__init__()
+        self.model = model
+        self.pad_id, self.write_layer, self.mode = pad_id, write_layer, mode
+
+    def forward(self, probes: list[list], vectors: list[torch.Tensor]):
+        return rows_loss_sum(self.model, probes, vectors, pad_id=self.pad_id,
+                             write_layer=self.write_layer, mode=self.mode)
+
+
+class Recipe:
+    def __init__(self, cfg: TrainConfig, dist: Distributed, log=print):
+        self.cfg, self.dist, self.log = cfg, dist, log
+        self.device = dist.device
+        self.precision = resolve_precision(cfg, self.device)
+        # one process: nothing to shard
+        self.sharded = cfg.distributed == "fsdp" and dist.world > 1
+
+    # ---- data -------------------------------------------------------------------------
+
+    def setup_data(self) -> None:
+        """Training and held-out data; extra records are built from training labels only, so
+        held-out records' user turns and prompts stay unseen."""
+        cfg = self.cfg
+        data = load_data(cfg.data, system_recovery=cfg.system_recovery)
+        if cfg.eval_data:
+            train, held_out = data, load_data(cfg.eval_data, system_recovery=cfg.system_recovery)
+        else:
+            train, held_out = split_by_label(data, held_out=cfg.held_out, seed=cfg.split_seed)
+        train = add_system_swaps(train, cfg.system_swaps, seed=cfg.seed)
+        train = add_plain_dialogs(train, cfg.plain_share, seed=cfg.seed)
+        self.triples = load_triples(cfg.relation_data, exclude=cfg.relation_exclude) \
+            if cfg.relation_share else []
+        self.train_data = add_relation_records(train, self.triples, cfg.relation_share,
+                                               seed=cfg.seed)
+        self.eval_data = held_out
+
+    def _datasets(self, tokenizer) -> None:
+        cfg = self.cfg
+        layout = LAYOUTS[cfg.layout]
+        layer = cfg.read_layers[0] if layout.layer_prefix else None
+        make = lambda data: LatentQADataset(data, tokenizer, layout=layout,  # noqa: E731
+                                            supervise=cfg.supervise, layer=layer,
+                                            max_tokens=cfg.max_tokens)
+        self.train_set, self.eval_set = make(self.train_data), make(self.eval_data)
+        self.rows = LatentQARows(self.train_set, per_record=cfg.pack_questions)
+        self.collate = Collator(tokenizer)
+
+    # ---- model ------------------------------------------------------------------------
+
+    def setup_model(self, checkpoint: Path | None = None) -> None:
+        """One copy of the weights with the trainable adapter; from ``checkpoint`` (a resume)
+        or ``init_decoder`` (continued training) or fresh. Sharded or wrapped for DDP last."""
+        cfg = self.cfg
+        loaded = load_model(cfg.model, dtype="bf16" if self.precision == "bf16" else "fp32",
+                            device=self.device)
+        self.tokenizer, info = loaded.tokenizer, model_info(loaded.model)
+        torch.manual_seed(cfg.seed)  # adapter init does not depend on what ran before
+        if cfg.full_finetune:  # a trainable copy of the blocks; the originals stay the target
+            model = add_full_finetune_adapter(loaded.model)
+        else:
+            model = add_decoder_adapter(loaded.model, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                                        dropout=cfg.lora_dropout,
+                                        target_modules=cfg.lora_targets)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.train()
+        if checkpoint is not None:
+            load_adapter_weights(model, checkpoint)  # before sharding: FSDP shards what it finds
+        elif cfg.init_decoder:
+            init_from_decoder(model, Path(cfg.init_decoder))
+        if self.sharded:
+            fsdp.shard(model, self.device, self.dist.world)
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        loss = DecoderLoss(model, pad_id=pad_id(self.tokenizer), write_layer=cfg.write_layer,
+                           mode=cfg.injection)
+        self.loss = loss if self.sharded else self.dist.wrap(loss)
+        layout = LAYOUTS[cfg.layout]
+        self.spec = DecoderSpec(
+            target=cfg.model, model_type=info.model_type, num_blocks=info.num_blocks,
+            hidden_size=info.hidden_size,
+            read_layer=cfg.read_layers[len(cfg.read_layers) // 2],
+            read_layers=list(cfg.read_layers), write_layer=cfg.write_layer,
+            injection=cfg.injection, layout=cfg.layout, placeholder=layout.placeholder,
+            supervise=cfg.supervise)
+        self._datasets(self.tokenizer)
+        self.cache = None
+        if cfg.activation_cache != "off":
+            self.cache = ActivationCache(
+                cfg.activation_cache, dtype=cfg.cache_dtype, max_gb=cfg.cache_max_gb,
+                directory=Path(cfg.out_dir) / "activation_cache" / f"rank{self.dist.rank}"
+                if cfg.activation_cache == "disk" else None)
+
+    # ---- optimizer, schedule, batches ---------------------------------------------------
+
+    def setup_optimizer(self, state: dict | None = None) -> None:
+        """Optimizer, per-step schedule and sampler; from a checkpoint's ``state`` if given."""
+        cfg, dist = self.cfg, self.dist
+        self.sampler = LengthGroupedBatchSampler(
+            self.rows.lengths, cfg.batch_size, num_replicas=dist.world, rank=dist.rank,
+            seed=cfg.seed, drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // cfg.grad_accum
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"too little data for one step: {len(self.rows)} rows, batch "
+                              f"{cfg.batch_size} x {cfg.grad_accum} accumulation x "
+                              f"{dist.world} ranks")
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        if cfg.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr,
+                                               weight_decay=cfg.weight_decay,
+                                               betas=tuple(cfg.betas))
+        else:
+            self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr,
+                                             weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lr_lambda(cfg, self.total_steps))
+        if state is not None:
+            if self.sharded:
+                fsdp.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def batches(self, epoch: int, batches_done: int = 0):
+        """This rank's micro-batches of row indices for ``epoch``, after the first
+        ``batches_done``."""
+        self.sampler.set_epoch(epoch)
+        if batches_done:
+            self.sampler.load_state_dict({"epoch": epoch, "batches_done": batches_done})
+        return iter(self.sampler)
+
+    # ---- one step ---------------------------------------------------------------------
+
+    def read(self, batch: dict, layer: int) -> list[torch.Tensor]:
+        """The target's activations for each row, from the cache where it has them."""
+        keys = [(record, layer) for record in batch["records"]]
+        found = [None if self.cache is None else self.cache.get(k) for k in keys]
+        missing = [i for i, v in enumerate(found) if v is None]
+        if missing:
+            sub = [batch[k][missing].to(self.device) for k in
+                   ("target_input_ids", "target_attention_mask", "read_mask")]
+            with autocast(self.precision, self.device):
+                fresh = read_activations(self.model, *sub, layer)
+            for i, v in zip(missing, fresh):
+                found[i] = v if self.cache is None else self.cache.put(keys[i], v)
+        return [v.to(self.device) for v in found]
+
+    def train_step(self, micro: list[list[int]], layer: int) -> dict:
+        """One optimizer step over ``micro`` (this rank's micro-batches of row indices)."""
+        batches = [self.collate.rows([self.rows[i] for i in ids]) for ids in micro]
+        labelled = sum(_labelled(b["probes"]) for b in batches)
+        total = self.dist.sum(torch.tensor(float(labelled))).item()
+        # DDP averages gradients over ranks; each rank's loss is already a share of the total
+        scale = self.dist.world if self.dist.world > 1 and not self.sharded else 1
+        loss_total = torch.zeros(())
+        for k, batch in enumerate(batches):
+            vectors = self.read(batch, layer)
+            with self.dist.no_sync(self.loss, last=k == len(batches) - 1), \
+                    autocast(self.precision, self.device):
+                loss_sum, _ = self.loss(batch["probes"], vectors)
+                (loss_sum * (scale / total)).backward()
+            loss_total += loss_sum.detach().float().cpu()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip) \
+            if self.cfg.grad_clip > 0 else torch.tensor(0.0)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        pairs = self.dist.sum(torch.tensor(float(sum(len(p) for b in batches
+                                                     for p in b["probes"])))).item()
+        return {"loss": self.dist.sum(loss_total).item() / total, "lr": lr,
+                "grad_norm": fsdp.as_float(grad_norm), "examples": pairs,
+                "labelled_tokens": total}
+
+    # ---- evaluation and saving ----------------------------------------------------------
+
+    def evaluate(self) -> dict:
+        """Held-out loss with real activations and with another label's (the shuffled control).
+
+        Under FSDP every rank evaluates every example: a sharded forward is a collective, so
+        all ranks must run the same passes. Held-out examples that all share one label have no
+        shuffled control (no donor exists): only the real loss is reported then.
+        """
+        cfg = self.cfg
+        rank, world = (0, 1) if self.sharded else (self.dist.rank, self.dist.world)
+        n = min(cfg.eval_examples, len(self.eval_set))
+        idx = list(range(len(self.eval_set)))
+        random.Random(cfg.seed).shuffle(idx)
+        data = self.eval_set.data
+        labels = {data.records[data.pairs[i].record].label for i in idx[:n]}
+        conditions = ("real", "shuffled") if len(labels) > 1 else ("real",)
+        totals = heldout_losses(
+            self.model, self.eval_set, self.collate, idx[:n],
+            layer=cfg.read_layers[len(cfg.read_layers) // 2], write_layer=cfg.write_layer,
+            mode=cfg.injection, batch_size=cfg.batch_size, conditions=conditions,
+            autocast=lambda: autocast(self.precision, self.device), device=self.device,
+            rank=rank, world=world, seed=cfg.seed)
+        sums = totals if self.sharded else self.dist.sum(totals)
+        out = {"eval_loss": float(sums[0, 0] / max(sums[0, 1], 1))}
+        if len(conditions) > 1:
+            out["eval_loss_shuffled"] = float(sums[1, 0] / max(sums[1, 1], 1))
+        return out
+
+    def checkpoint(self, out_dir: Path, *, step: int, epoch: int, batches_done: int) -> None:
+        """A resumable checkpoint: adapter, optimizer, schedule, sampler position, every
+        rank's RNG. Every rank takes part (FSDP gathers); the main rank writes."""
+        state = {"optimizer": fsdp.optimizer_state(self.model, self.optimizer)
+                 if self.sharded else self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "step": step, "epoch": epoch,
+                 "batches_done": batches_done, "rng": self._gather_rng(),
+                 "sharded": self.sharded}
+        saved = self._saveable()
+        if self.dist.main:
+            ckpt.save_checkpoint(out_dir, step, saved, self.spec, state,
+                                 self.cfg.keep_checkpoints)
+        self.dist.barrier()
+
+    def save_decoder(self, directory: Path, summary: dict) -> None:
+        """The trained decoder with its sidecar, which records how it was made."""
+        cfg = self.cfg
+        self.spec.extra = {
+            "trained_steps": summary["steps"], "data_files": summary["data_files"],
+            "final_metrics": summary["final"], "held_out": cfg.held_out,
+            "split_seed": cfg.split_seed, "system_recovery": cfg.system_recovery,
+            "plain_share": cfg.plain_share, "system_swaps": cfg.system_swaps,
+            "init_decoder": cfg.init_decoder, "relation_share": cfg.relation_share,
+            "trained_relations": sorted({t.name for t in self.triples}),
+            "pack_questions": cfg.pack_questions}
+        saved = self._saveable()
+        if self.dist.main:
+            save_decoder(saved, directory, self.spec)
+        self.dist.barrier()
+
+    def summary_inputs(self) -> dict:
+        return {"data_files": file_hashes(self.cfg.data),
+                "cache": self.cache.stats() if self.cache else None}
+
+    def _gather_rng(self) -> list:
+        """Every rank's RNG state, so each resumes its own dropout stream."""
+        mine = ckpt.rng_state()
+        if self.dist.world == 1:
+            return [mine]
+        out = [None] * self.dist.world
+        torch.distributed.all_gather_object(out, mine)
+        return out
+
+    def _saveable(self):
+        """What to hand to save_decoder: the model without peft's README, and under FSDP the
+        adapter gathered whole (every rank takes part; the main rank keeps it and writes), so
+        the files are those of an unsharded run."""
+        return ckpt.Saveable(self.model, fsdp.full_weights(self.model, keep=self.dist.main)
+                             if self.sharded else None)
+
+
+def _labelled(rows: list[list]) -> int:
+    """Labelled tokens of a batch of rows, counted per probe (as one pair per row would)."""
+    return sum(int((p.labels[1:] != IGNORE_INDEX).sum()) for row in rows for p in row)
+
+
+def load_adapter_weights(model, directory: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(directory) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise ConfigError(f"{directory}: adapter weights that fit no module of this model: "
+                          f"{result.unexpected_keys[:3]}")
+
+
+def init_from_decoder(model, directory: Path) -> None:
+    """Continued training: the LoRA weights of an earlier decoder, whose adapter must have the
+    shape this config asks for."""
+    written = json.loads((directory / "adapter_config.json").read_text())
+    ours = model.peft_config["default"]
+    if written.get("r") != ours.r or set(written.get("target_modules") or ()) != \
+            set(ours.target_modules or ()):
+        raise ConfigError(f"init_decoder: {directory} has LoRA r={written.get('r')} on "
+                          f"{sorted(written.get('target_modules') or ())}; this config makes "
+                          f"r={ours.r} on {sorted(ours.target_modules or ())}")
+    load_adapter_weights(model, directory)
