@@ -62,7 +62,7 @@ def pair_up(records: list[Record], qa: dict, system_recovery: bool = True) -> li
     for i, record in enumerate(records):
         pairs += [Pair(i, q, a) for q, a in qa.get(record.label, ())]
         hidden = record.hidden_system_prompt
-        if system_recovery and hidden is not None:
+        if system_recovery and hidden is not None and record.recovery:
             pairs.append(Pair(i, SYSTEM_RECOVERY_QUESTION, hidden, derived=True))
     return pairs
 

@@ -37,6 +37,12 @@ FAMILIES = ("goal", "persona", "sqa")
 SYSTEM_RECOVERY_QUESTION = "What instructions was the assistant given?"
 
 
+def text_key(text: str) -> str:
+    """A text compared as its words: white space folded, case ignored (``"Hi  There"`` and
+    ``"hi there"`` are the same turn)."""
+    return " ".join(text.split()).casefold()
+
+
 def label_family(label: str) -> str:
     """``goal``, ``persona``, ``sqa`` from the label's prefix, or ``other``."""
     head = label.split("-", 1)[0]
@@ -55,6 +61,10 @@ class Record:
     # Characters [start, end) of the one read message: only the last token overlapping them is
     # read (a subject's last token, as Patchscopes reads it). None: whole turns are read.
     read_span: tuple[int, int] | None = None
+    # Derive the one fixed system-prompt-recovery pair from the hidden system prompt. Off where
+    # the label's own QA already asks for the prompt (data/system_prompts.py), so that the
+    # number of recovery pairs, their phrasing and their answers stay under its control.
+    recovery: bool = True
 
     @classmethod
     def from_dialog(cls, messages, read=None, *, label: str = "", generation_prompt=None,
