@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     h.set_defaults(func=cmd_heldout)
     register_persona(sub)
     register_relations(sub)
+    from .classification import register_classification  # its own module: evaluation/
+
+    register_classification(sub)
     register_report(sub)
     return sub
 

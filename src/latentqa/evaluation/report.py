@@ -2,8 +2,9 @@
 
 Why a separate step: evaluations are slow and their JSON holds every answer; the report is
 cheap, so it can be redrawn (or several runs put side by side) without running a model. Each
-RUN is the ``--json`` output of ``eval persona``, ``eval relations`` or ``eval heldout``,
-recognised by its ``kind`` (or, for files written before ``kind`` existed, by its keys).
+RUN is the ``--json`` output of ``eval persona``, ``relations``, ``heldout`` or
+``classification``, recognised by its ``kind`` (or, for files written before ``kind`` existed,
+by its keys).
 Every file is written whole or not at all (temporary file, then rename).
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from ..errors import LatentQAError
 from ..files import save_figure, write_text
 
-KINDS = ("persona", "relations", "heldout")
+KINDS = ("persona", "relations", "heldout", "classification")
 
 
 class ReportError(LatentQAError, ValueError):
@@ -52,8 +53,8 @@ def load_run(path) -> tuple[str, dict]:
     kind = kind_of(result)
     if kind is None:
         keys = ", ".join(sorted(result)[:8]) if isinstance(result, dict) else type(result).__name__
-        raise ReportError(f"{path}: not a result of eval persona, relations or heldout "
-                          f"(found: {keys})")
+        raise ReportError(f"{path}: not a result of eval persona, relations, heldout or "
+                          f"classification (found: {keys})")
     return kind, result
 
 
@@ -288,8 +289,33 @@ def heldout_section(name: str, r: dict, out: Path) -> list[str]:
     return lines + ["", f"![held-out loss per condition]({plot})", ""]
 
 
+def classification_section(name: str, r: dict, out: Path) -> list[str]:
+    conds = list(r["conditions"])
+    pvals = r.get("mcnemar_p_vs_activations", {})
+    lines = [f"## Yes/no classification: `{name}`", "",
+             f"{r['n']} held-out items of {', '.join(r.get('sets', r['by_set']))}, Yes and No "
+             f"balanced (chance 0.5), decoder `{r.get('decoder', '?')}`. Correct: the expected "
+             "word in the answer (substring, ignoring case); strict: it is one of the answer's "
+             "words and the other answer word is not.", ""]
+    lines += table(["condition", "accuracy", "95% CI", "correct / n", "strict",
+                    "McNemar p vs activations"],
+                   [[c, pct(s), ci(s), f"{s['correct']} / {s['n']}", pct(r["strict"][c]),
+                     pval(pvals.get(c))] for c, s in r["conditions"].items()])
+    plot = f"classification-{slug(name)}.png"
+    bar_plot(out / plot, f"yes/no classification ({name})", conds,
+             [r["conditions"][c] for c in conds], chance=r["chance"])
+    lines += ["", f"![accuracy per condition]({plot})", ""]
+    for key in ("by_set", "by_answer"):
+        lines += [f"**{key.replace('_', ' ')}** (accuracy)", ""]
+        lines += table(["group", "n"] + conds,
+                       [[g, str(v["n"])] + [pct(v["conditions"][c]) for c in conds]
+                        for g, v in r[key].items()])
+        lines.append("")
+    return lines
+
+
 SECTIONS = {"persona": persona_section, "relations": relations_section,
-            "heldout": heldout_section}
+            "heldout": heldout_section, "classification": classification_section}
 
 
 def write_report(runs, out) -> Path:
