@@ -81,6 +81,15 @@ def test_stats_names_a_lone_surrogate_by_file_and_record(capsys, tmp_path):
                "Unicode text: it holds a lone surrogate U+D800" in out
 
 
+def test_stats_on_files_that_hold_nothing_is_a_problem(capsys, tmp_path):
+    (tmp_path / "system.json").write_text("[]")
+    (tmp_path / "qa.json").write_text("{}")
+    code, out, _ = _run(capsys, tmp_path, "--no-tokens")
+    assert code == 1
+    for name in ("system.json", "qa.json"):
+        assert f"{tmp_path / name}: holds no records or QA pairs" in out
+
+
 def test_stats_on_a_folder_without_data_files_is_an_error(capsys, tmp_path):
     (tmp_path / "notes.txt").write_text("not data")
     code, out, err = _run(capsys, tmp_path, "--no-tokens")

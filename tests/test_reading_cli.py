@@ -6,6 +6,7 @@ The commands reuse one loaded reader (``_load`` patched) except where loading is
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 from reading_fixtures import dev_decoder_dir, reading_main
@@ -215,6 +216,40 @@ def test_batch_output_may_not_be_its_input(patched, tmp_path, capsys, monkeypatc
         (tmp_path / "sub").mkdir(exist_ok=True)
         _one_line(capsys, ["read", "--batch", str(rows), "-o", same], "is the batch input")
     assert rows.read_text() == text and not patched
+
+
+def test_batch_output_that_cannot_be_written_is_refused_before_loading(patched, tmp_path,
+                                                                       capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"dialog": "Ahoy", "question": "Who?"}) + "\n")
+    (tmp_path / "folder").mkdir()
+    _one_line(capsys, ["read", "--batch", str(rows), "-o", str(tmp_path / "folder")],
+              "is a folder")
+    _one_line(capsys, ["read", "--batch", str(rows), "-o", str(rows / "out.jsonl")],
+              f"{rows} is a file, not a folder")
+    assert not patched  # told before the model loads
+    out = tmp_path / "new" / "sub" / "out.jsonl"  # missing folders are made
+    assert reading_main(["read", "--batch", str(rows), "-o", str(out),
+                         "--max-new-tokens", "2"]) == 0
+    assert json.loads(out.read_text())["line"] == 1
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--dtype", "fp7"], "--dtype: unknown dtype 'fp7'"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+])
+def test_bad_load_options_are_one_line_before_loading(monkeypatch, capsys, extra, needle):
+    from latentqa.reading import reader as reader_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(reader_module, "load", no_load)
+    with socket.socket() as s:  # a free port, for serve
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    for command in (["read", *ARGS, "-q", "Who?"], ["serve", "--port", port]):
+        _one_line(capsys, [*command, *extra], needle)
 
 
 def test_a_truncated_decoder_is_one_line_naming_the_file(dev_dir, tmp_path, capsys):

@@ -137,6 +137,42 @@ def test_read_selections_and_token_listing(client, reader):
                                                          read=read)
 
 
+class PublicOnly:
+    """A Reader seen only through its public methods and attributes: no tokenizer, pad id or
+    probe builder to take apart."""
+
+    PUBLIC = ("answer_pairs", "score_pairs", "render", "token_texts", "generate", "model",
+              "info", "spec", "decoder_path")
+
+    def __init__(self, reader):
+        self._reader = reader
+
+    def __getattr__(self, name):
+        if name not in self.PUBLIC:
+            raise AttributeError(f"the server reached for Reader.{name}")
+        return getattr(self._reader, name)
+
+
+def test_the_server_calls_the_readers_public_methods_only(client, reader):
+    with TestClient(create_app(PublicOnly(reader), limits=LIMITS)) as public:
+        for path, body in [
+                ("/v1/tokens", {"messages": DIALOG, "read": "last:4"}),
+                ("/v1/read", {"messages": DIALOG, "questions": [QUESTION],
+                              "max_new_tokens": 3}),
+                ("/v1/score", {"messages": DIALOG, "questions": [QUESTION],
+                               "candidates": ["A pirate.", "A chef."]}),
+                ("/v1/chat/completions", {"messages": DIALOG[:2], "max_tokens": 5,
+                                          "temperature": 0, "stop": ["\n"]})]:
+            got = public.post(path, json=body)
+            assert got.status_code == 200, (path, got.text)
+            want = client.post(path, json=body).json()
+            if path == "/v1/chat/completions":
+                got, want = got.json()["choices"], want["choices"]
+            else:
+                got = got.json()
+            assert got == want, path
+
+
 def test_compatible_requests_are_merged_and_give_the_same_answers(reader):
     """Engine: two requests in one Reader call equal each alone. Worker: queued jobs with the
     same key are merged; others are not."""
@@ -642,7 +678,18 @@ def test_steer_checks_the_config_before_accepting_it(reader, tmp_path):
                             ({"config": {"control": "Be a pirate.",
                                          "prompts": str(tmp_path / "none.txt")}},
                              "config.prompts"),
-                            ({"config": {"control": "x", "note": LONE}}, "config.note")]:
+                            ({"config": {"control": "x", "note": LONE}}, "config.note"),
+                            # values a run would fail on, or learn nothing with, later
+                            ({"config": {"control": "x", "lr": -1}}, "config.lr"),
+                            ({"config": {"control": "x", "lr": 0}}, "config.lr"),
+                            ({"config": {"control": "x", "lr": float("nan")}}, "config.lr"),
+                            ({"config": {"control": "x", "log_every": 0}},
+                             "config.log_every"),
+                            ({"config": {"control": "x", "lora_r": 0}}, "config.lora_r"),
+                            ({"config": {"control": "x", "eval_share": 1.0}},
+                             "config.eval_share"),
+                            ({"config": {"control": "x", "fluency_weight": float("inf")}},
+                             "config.fluency_weight")]:
             r = c.post("/v1/steer", content=json.dumps(body),
                        headers={"Content-Type": "application/json"})
             assert error_of(r, 422)["param"] == param, body

@@ -72,6 +72,8 @@ def compute_stats(paths, tokenizer=None, *, system_recovery: bool = True,
         if Path(p).is_dir() and not expand_paths([p]):
             raise MissingFileError(f"{p} holds no .json or .jsonl files")
     data, problems = read_data(paths, system_recovery=system_recovery)
+    if not data.records and not data.qa and not problems:  # "[]", "{}": nothing to count
+        problems = [Problem(f, None, None, "holds no records or QA pairs") for f in data.files]
     report = {"files": data.files, "system_recovery": system_recovery, **count(data)}
     if tokenizer is not None:
         report["tokens"], more = token_lengths(data, tokenizer, layout=layout, layer=layer)

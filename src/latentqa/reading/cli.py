@@ -30,7 +30,9 @@ class _Message(argparse.Action):
         namespace.messages = messages
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_decoder_args(p: argparse.ArgumentParser) -> None:
+    """The options that pick and load a decoder and its target (``read``, ``score``, ``demo``
+    and ``serve``); ``load_reader(args)`` loads what they name."""
     g = p.add_argument_group("decoder and target")
     g.add_argument("--decoder", metavar="DIR",
                    help="decoder directory (default: the shipped smollm2-135m decoder)")
@@ -48,7 +50,28 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="accept a target whose name differs from the decoder's (sizes must "
                         "still match)")
     g.add_argument("--device", default="cpu")
-    g.add_argument("--dtype", default="fp32")
+    g.add_argument("--dtype", default="fp32", help="fp32 (default), bf16 or fp16")
+
+
+def load_reader(args):
+    """The Reader the ``add_decoder_args`` options (and ``--batch-size``) name."""
+    from ..models import resolve_dtype
+    from .reader import load
+
+    if args.batch_size < 1:  # mistakes in options are told before the weights load
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        resolve_dtype(args.dtype)
+    except ValueError as e:
+        raise UsageError(f"--dtype: {e}") from None
+    return load(args.decoder, args.target, preset=args.preset, layout=args.layout,
+                read_layer=args.layer, write_layer=args.write_layer, injection=args.injection,
+                device=args.device, dtype=args.dtype, allow_other_target=args.allow_other_target,
+                batch_size=args.batch_size)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_decoder_args(p)
     r = p.add_argument_group("reading")
     r.add_argument("--read", metavar="SEL", help="which tokens to read: after-system (default),"
                    " messages:1,2, tokens:START:END, last:N")
@@ -97,12 +120,7 @@ def register(subparsers) -> None:
 
 
 def _load(args):
-    from .reader import load
-
-    return load(args.decoder, args.target, preset=args.preset, layout=args.layout,
-                read_layer=args.layer, write_layer=args.write_layer, injection=args.injection,
-                device=args.device, dtype=args.dtype, allow_other_target=args.allow_other_target,
-                batch_size=args.batch_size)
+    return load_reader(args)
 
 
 def _generation(args) -> dict:
@@ -209,9 +227,8 @@ def _batch(args, *, scoring: bool) -> int:
     from ..files import atomic_file
     from .dialogs_io import read_batch_rows
 
-    if args.output and _same_file(args.output, args.batch):
-        raise UsageError(f"-o {args.output} is the batch input itself; write the results to "
-                         "another file")
+    if args.output:
+        _check_output(args.output, args.batch)
     generation = {} if scoring else _generation(args)
     rows = read_batch_rows(args.batch, need_candidates=scoring)
     for row in rows:
@@ -236,6 +253,27 @@ def _batch(args, *, scoring: bool) -> int:
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
     return 0
+
+
+def _check_output(output, batch) -> None:
+    """Refuse, before any model loads, an ``-o`` that is the input itself or that cannot be
+    written: a folder, or a path below a file or a folder we may not write to."""
+    import os
+
+    if _same_file(output, batch):
+        raise UsageError(f"-o {output} is the batch input itself; write the results to "
+                         "another file")
+    path = Path(output)
+    if path.is_dir():
+        raise UsageError(f"-o {output} is a folder; give a file name, e.g. "
+                         f"{path / 'out.jsonl'}")
+    parent = path.absolute().parent
+    while not parent.exists():  # atomic_file creates the missing folders
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"-o {output}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"-o {output}: cannot write in {parent} (permission denied)")
 
 
 def _same_file(a, b) -> bool:

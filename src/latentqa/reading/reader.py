@@ -24,7 +24,7 @@ from ..data.layouts import LAYOUTS
 from ..data.probe import IGNORE_INDEX, ProbeBuilder, pad_probes
 from ..decoder import DecoderSpec, as_target, folded_adapter, load_decoder_adapter
 from ..decoding import Group, generate_answers, grouped_logprobs, read_activations
-from ..generation import generate_text
+from ..generation import generate, generate_text
 from ..models import DEFAULT_MODEL, load_config, load_model
 from ..selection import Read, as_read, render_read
 from .controls import NEUTRAL_DIALOGS, check_control
@@ -200,6 +200,41 @@ class Reader:
                                  batch_size=batch_size or self.batch_size,
                                  temperature=temperature, top_p=top_p, seed=seed,
                                  progress=progress)
+
+    def render(self, dialog, *, add_generation_prompt: bool | None = None,
+               check_context: bool = True):
+        """The dialog as the target sees it (a ``RenderedDialog``; a generation prompt after a
+        final user turn unless ``add_generation_prompt`` says otherwise), as ``ask`` renders
+        it; ``Read.mask`` of it picks tokens. ``check_context=False`` skips the model's context
+        check, for a caller that applies a smaller limit of its own."""
+        dialog = as_dialogs(dialog)[0][0]
+        if add_generation_prompt is None:
+            add_generation_prompt = dialog[-1]["role"] == "user"
+        return render_dialog(self.tokenizer, dialog, add_generation_prompt=add_generation_prompt,
+                             max_tokens=self.info.max_positions if check_context else None)
+
+    def token_texts(self, rendered) -> list[str]:
+        """Each token's text in a ``render``-ed dialog: its characters in the rendered text,
+        or the tokenizer's decoding when it has none of its own."""
+        whole = len(rendered.offsets) == len(rendered)
+        return [rendered.text[rendered.offsets[k][0]:rendered.offsets[k][1]]
+                if whole and rendered.offsets[k][1] > rendered.offsets[k][0]
+                else self.tokenizer.decode([token])
+                for k, token in enumerate(rendered.input_ids)]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], *, max_new_tokens: int,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 batch_size: int | None = None) -> list[tuple[str, int, bool]]:
+        """Replies to token prompts (``render(..., add_generation_prompt=True)``) from the
+        model with the adapters its caller made active (``decoder.as_target`` for the plain
+        target): per prompt the text (special tokens dropped, not stripped), how many tokens
+        came before the end of the turn, and whether the turn ended."""
+        got = generate(self.model, self.tokenizer, prompts, pad_id=self.pad_id,
+                       max_new_tokens=max_new_tokens, batch_size=batch_size or self.batch_size,
+                       temperature=temperature, top_p=top_p, seed=seed)
+        return [(self.tokenizer.decode(kept, skip_special_tokens=True), len(kept), ended)
+                for kept, ended in got]
 
     def probe(self, count: int, question: str, answer: str | None = None,
               layer: int | None = None):

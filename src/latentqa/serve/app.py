@@ -1,7 +1,8 @@
 """The FastAPI app: the inspector page and the HTTP API over one Reader.
 
 ``create_app(reader, ...)`` builds it; any object with the Reader's ``answer_pairs``,
-``score_pairs``, ``tokenizer``, ``model``, ``info``, ``spec`` and ``pad_id`` will do. Requests
+``score_pairs``, ``render``, ``token_texts``, ``generate``, ``model``, ``info`` and ``spec``
+will do (``model`` only to add steering adapters to). Requests
 are checked here (the server's limits, and ``latentqa.validation``'s rules, the command line's
 too), then queued for the worker thread (``worker.py``), which runs them on the one model,
 batching compatible ones (``engine.py``).

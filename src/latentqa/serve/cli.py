@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 
-from ..activations import INJECTION_MODES
+from ..reading.cli import add_decoder_args, load_reader
 from .limits import Limits
 
 
@@ -29,20 +29,8 @@ def register(subparsers) -> None:
                                      "(visible in `ps`; --token-env is safer)")
     net.add_argument("--token-env", metavar="VAR", help="read the token from this environment "
                                                         "variable")
-    g = p.add_argument_group("decoder and target")
-    g.add_argument("--decoder", metavar="DIR",
-                   help="decoder directory (default: the shipped smollm2-135m decoder)")
-    g.add_argument("--target", metavar="SPEC", help="target model (default: the decoder's)")
-    g.add_argument("--preset", help="options for a decoder without a sidecar: latentqa-paper")
-    g.add_argument("--layout", help="probe layout of a decoder without a sidecar")
-    g.add_argument("--layer", "--read-layer", dest="layer", type=int,
-                   help="default read layer (default: the decoder's)")
-    g.add_argument("--write-layer", type=int)
-    g.add_argument("--injection", choices=INJECTION_MODES)
-    g.add_argument("--allow-other-target", action="store_true")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--dtype", default="fp32")
-    g.add_argument("--batch-size", type=int, default=16,
+    add_decoder_args(p)
+    p.add_argument("--batch-size", type=int, default=16,
                    help="decoder rows per forward pass (default: %(default)s)")
     lim = p.add_argument_group("limits")
     d = Limits()
@@ -101,7 +89,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..errors import UsageError
-    from ..reading.reader import load
     from .app import create_app
     from .security import LOOPBACK_NAMES, is_loopback
     from .steer import find_steer_fn
@@ -115,10 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     bad = [k for k, v in limits.to_dict().items() if v <= 0]
     if bad:
         raise UsageError(f"limits must be positive: {', '.join(bad)}")
-    reader = load(args.decoder, args.target, preset=args.preset, layout=args.layout,
-                  read_layer=args.layer, write_layer=args.write_layer, injection=args.injection,
-                  device=args.device, dtype=args.dtype,
-                  allow_other_target=args.allow_other_target, batch_size=args.batch_size)
+    reader = load_reader(args)
     # On loopback, answer only to loopback names: a web page that rebinds its own name to
     # 127.0.0.1 cannot then talk to us. With a token, the token is the guard.
     hosts = None if token or not is_loopback(args.host) else \

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..chat import render_dialog
-from ..generation import generate
 from ..selection import Read
 from .errors import ApiError
 
@@ -88,11 +86,9 @@ class Engine:
 
     def render(self, dialog, generation_prompt: bool | None = None):
         """Render as the Reader does (a generation prompt after a final user turn), within
-        the server's token limit."""
-        if generation_prompt is None:
-            generation_prompt = dialog[-1]["role"] == "user"
-        rendered = render_dialog(self.reader.tokenizer, dialog,
-                                 add_generation_prompt=generation_prompt)
+        the server's token limit (which is within the model's context)."""
+        rendered = self.reader.render(dialog, add_generation_prompt=generation_prompt,
+                                      check_context=False)
         if len(rendered) > self.max_dialog_tokens:
             raise ApiError(422, f"the dialog renders to {len(rendered)} tokens; this server "
                            f"accepts at most {self.max_dialog_tokens}", param="messages")
@@ -164,17 +160,10 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - this job's own error
             return e
         turns = rendered.turn_index or [-1] * len(rendered)
-        tokens = [{"index": k, "text": self._token_text(rendered, k),
-                   "message": rendered.message_index[k], "turn": turns[k], "read": mask[k]}
-                  for k in range(len(rendered))]
+        texts = self.reader.token_texts(rendered)
+        tokens = [{"index": k, "text": texts[k], "message": rendered.message_index[k],
+                   "turn": turns[k], "read": mask[k]} for k in range(len(rendered))]
         return {"tokens": tokens, "read_tokens": sum(mask)}
-
-    def _token_text(self, rendered, k: int) -> str:
-        if len(rendered.offsets) == len(rendered):
-            start, end = rendered.offsets[k]
-            if end > start:
-                return rendered.text[start:end]
-        return self.reader.tokenizer.decode([rendered.input_ids[k]])
 
     # ---- the target's replies ---------------------------------------------------------
 
@@ -186,20 +175,18 @@ class Engine:
         first = jobs[ok[0]]
         self.adapters.check(first.adapter)
         prompts = [results[i] for i in ok]
-        tokenizer = self.reader.tokenizer
-        with self.adapters.using(first.adapter) as model:
+        with self.adapters.using(first.adapter):  # on the Reader's model: it generates
             # one batch: the jobs were grouped to share their sampling settings
-            replies = generate(model, tokenizer, prompts, pad_id=self.reader.pad_id,
-                               max_new_tokens=first.max_tokens, batch_size=len(prompts),
-                               temperature=first.temperature, top_p=first.top_p,
-                               seed=first.seed)
-        for i, prompt, (kept, ended) in zip(ok, prompts, replies):
-            text = tokenizer.decode(kept, skip_special_tokens=True)
+            replies = self.reader.generate(prompts, max_new_tokens=first.max_tokens,
+                                           batch_size=len(prompts),
+                                           temperature=first.temperature, top_p=first.top_p,
+                                           seed=first.seed)
+        for i, prompt, (text, kept, ended) in zip(ok, prompts, replies):
             text, stopped = _cut_at_stop(text, jobs[i].stop)
             results[i] = {"content": text.strip(),
                           "finish_reason": "stop" if ended or stopped else "length",
                           "prompt_tokens": len(prompt),
-                          "completion_tokens": len(kept) + ended}
+                          "completion_tokens": kept + ended}
         return results
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import shutil
 import threading
 import time
@@ -61,12 +62,16 @@ def find_steer_fn(reader) -> SteerFn | None:
 
 
 STEER_KEYS = ("control", "prompts", "eval_prompts")  # what serve_steer takes besides SteerConfig
+# SteerConfig values a run would fail on, or train nothing with, hours after a 202
+AT_LEAST_ONE = ("steps", "batch_size", "lora_r", "lora_alpha", "reply_tokens", "eval_tokens",
+                "log_every")
 
 
 def check_steer_config(config: dict) -> None:
     """Refuse, naming the key, a config ``latentqa.steering.serve_steer`` would refuse once
-    running: no ``control``, unknown keys, mistyped ``SteerConfig`` values, a control or
-    prompts file that does not read. Files are read, nothing is run."""
+    running: no ``control``, unknown keys, mistyped or out-of-range ``SteerConfig`` values
+    (``lr`` 0 or less, ``log_every`` 0...), a control or prompts file that does not read.
+    Files are read, nothing is run."""
     from ..steering.control import qa_pairs, read_control_file
     from ..steering.prompts import read_prompts
     from ..steering.run import SteerConfig
@@ -116,9 +121,14 @@ def check_steer_config(config: dict) -> None:
             raise FieldError(f"config.{key}: expected {kind}, got {type_name(config[key])}",
                              f"config.{key}")
     cfg = SteerConfig(**{k: v for k, v in config.items() if k in kinds})
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        key = "steps" if cfg.steps < 1 else "batch_size"
-        raise FieldError(f"config.{key} must be at least 1", f"config.{key}")
+    ranges = {key: (getattr(cfg, key) >= 1, "at least 1") for key in AT_LEAST_ONE}
+    ranges.update(lr=(0 < cfg.lr < math.inf, "a positive number"),  # NaN fails both
+                  fluency_weight=(0 <= cfg.fluency_weight < math.inf, "0 or more"),
+                  eval_share=(0 <= cfg.eval_share < 1, "at least 0 and less than 1"))
+    for key, (ok, rule) in ranges.items():
+        if not ok:
+            raise FieldError(f"config.{key} must be {rule}, got {getattr(cfg, key)}",
+                             f"config.{key}")
     if cfg.fluency_tokens not in ("read", "prompt"):
         raise FieldError("config.fluency_tokens must be 'read' or 'prompt', got "
                          f"{cfg.fluency_tokens!r}", "config.fluency_tokens")
