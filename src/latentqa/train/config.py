@@ -43,6 +43,25 @@ class TrainConfig:
     relation_data: list[str] = field(default_factory=list)
     relation_share: float = 0.0
     relation_exclude: list[str] = field(default_factory=lambda: list(EVALUATED_RELATIONS))
+    # hidden system prompts without QA (unlabeled_system.json; data/system_prompts.py): system
+    # records asked to recover their prompt, swapped under other records' user turns, and,
+    # with system_prompt_descriptions, asked to describe the assistant (a rule-based rewrite)
+    system_prompt_data: list[str] = field(default_factory=list)
+    system_prompt_questions: int = 1  # recovery phrasings per prompt (0..6)
+    system_prompt_swaps: int = 1  # rounds of swaps: each prompt under another record's user turn
+    system_prompt_descriptions: bool = False
+    system_prompt_answer_chars: int = 200  # longer prompts are answered by their first sentence
+    system_prompt_limit: int = 0  # 0: every prompt; else a seeded subset (the scaling study)
+    # Activation Oracles' mix (data/classification.py, data/context.py): yes/no questions read at
+    # a text's last token, and predicting the words around a read token; shares of the pairs
+    classification_data: str = ""
+    classification_sets: list[str] = field(default_factory=list)  # empty: every set
+    classification_share: float = 0.0
+    context_share: float = 0.0
+    # held-out hygiene: drop training records that share a system prompt, user turn or reply
+    # with a held-out record, and with held_out_near > 0 instructions that nearly match one
+    held_out_hygiene: bool = True
+    held_out_near: float = 0.0
     max_tokens: int = 1024  # longest target dialog or decoder prompt; longer records are skipped
     # where to read and write
     read_layers: list[int] = field(default_factory=lambda: [14])  # one sampled per step
@@ -300,6 +319,23 @@ def check_config(cfg: TrainConfig, *, check_paths: bool = True) -> None:
          "relation_share > 0 needs relation_data (relation files or folders)")
     for p in cfg.relation_data:
         need(exists(p), f"relation_data: {p} does not exist")
+    for p in cfg.system_prompt_data:
+        need(exists(p), f"system_prompt_data: {p} does not exist")
+    need(0 <= cfg.system_prompt_questions <= 6,
+         f"system_prompt_questions must be in 0..6, got {cfg.system_prompt_questions}")
+    need(cfg.system_prompt_swaps >= 0,
+         f"system_prompt_swaps must be >= 0, got {cfg.system_prompt_swaps}")
+    need(cfg.system_prompt_limit >= 0,
+         f"system_prompt_limit must be >= 0, got {cfg.system_prompt_limit}")
+    need(cfg.system_prompt_answer_chars >= 1, "system_prompt_answer_chars must be at least 1")
+    for key in ("classification_share", "context_share"):
+        need(0 <= getattr(cfg, key) < 1, f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    need(cfg.classification_share == 0 or cfg.classification_data,
+         "classification_share > 0 needs classification_data (the classification folder)")
+    need(not cfg.classification_data or exists(cfg.classification_data),
+         f"classification_data: {cfg.classification_data} does not exist")
+    need(0 <= cfg.held_out_near <= 1, f"held_out_near must be in [0, 1], got "
+                                      f"{cfg.held_out_near}")
     if cfg.init_decoder:
         need(not check_paths or (Path(cfg.init_decoder) / "adapter_model.safetensors").is_file(),
              f"init_decoder: {cfg.init_decoder} holds no adapter_model.safetensors (give a "

@@ -1,7 +1,7 @@
 """Latent Interpretation Tuning as plain parts, composed by ``loop.train``.
 
     recipe = Recipe(cfg, dist, log)
-    recipe.setup_data()                 # files -> split -> extra records -> rows
+    recipe.setup_data()                 # files -> split -> extra records -> rows of probes
     recipe.setup_model(checkpoint)      # one copy of the weights, LoRA on it (adapter off: target)
     recipe.setup_optimizer(state)       # AdamW/SGD, the per-step schedule, the batch sampler
     recipe.train_step(micro_batches)    # read the target, decode, backward, one optimizer step
@@ -36,16 +36,20 @@ from ..data import (
     LengthGroupedBatchSampler,
     add_plain_dialogs,
     add_relation_records,
+    add_system_prompt_records,
     add_system_swaps,
+    drop_held_out_overlap,
     load_data,
     load_triples,
     split_by_label,
 )
+from ..data.classification import add_classification_records, load_classification
+from ..data.context import add_context_prediction
 from ..decoder import DecoderSpec, add_decoder_adapter, add_full_finetune_adapter, save_decoder
 from ..decoding import read_activations, rows_loss_sum
 from ..evaluation.heldout import heldout_losses
 from ..files import file_hashes
-from ..models import load_model
+from ..models import load_model, load_tokenizer
 from . import checkpoint as ckpt
 from . import fsdp
 from .cache import ActivationCache
@@ -127,15 +131,33 @@ class Recipe:
         else:
             train, held_out = split_by_label(data, held_out=cfg.held_out, seed=cfg.split_seed)
         train = add_system_swaps(train, cfg.system_swaps, seed=cfg.seed)
+        if cfg.system_prompt_data:
+            train = add_system_prompt_records(
+                train, cfg.system_prompt_data, recovery_questions=cfg.system_prompt_questions,
+                swaps_per_record=cfg.system_prompt_swaps,
+                descriptions=cfg.system_prompt_descriptions,
+                max_answer_chars=cfg.system_prompt_answer_chars,
+                limit=cfg.system_prompt_limit or None, seed=cfg.seed)
+        self.dropped_overlap = 0
+        if cfg.held_out_hygiene:  # before the shares below, which draw on the training texts
+            train, self.dropped_overlap = drop_held_out_overlap(
+                train, held_out, near=cfg.held_out_near or None)
+            if self.dropped_overlap:
+                self.log(f"dropped {self.dropped_overlap} training records that share a text "
+                         "with a held-out record")
         train = add_plain_dialogs(train, cfg.plain_share, seed=cfg.seed)
         self.triples = load_triples(cfg.relation_data, exclude=cfg.relation_exclude) \
             if cfg.relation_share else []
-        self.train_data = add_relation_records(train, self.triples, cfg.relation_share,
+        train = add_relation_records(train, self.triples, cfg.relation_share, seed=cfg.seed)
+        if cfg.classification_share:
+            sets = load_classification(cfg.classification_data,
+                                       only=cfg.classification_sets or None)
+            train = add_classification_records(train, cfg.classification_share, sets=sets,
                                                seed=cfg.seed)
+        self.train_data = add_context_prediction(train, cfg.context_share, seed=cfg.seed)
         self.eval_data = held_out
-
-    def _datasets(self, tokenizer) -> None:
-        cfg = self.cfg
+        # examples are tokenized lazily; the tokenizer alone reads no weights
+        tokenizer = self.tokenizer = load_tokenizer(cfg.model)
         layout = LAYOUTS[cfg.layout]
         layer = cfg.read_layers[0] if layout.layer_prefix else None
         make = lambda data: LatentQADataset(data, tokenizer, layout=layout,  # noqa: E731
@@ -148,12 +170,13 @@ class Recipe:
     # ---- model ------------------------------------------------------------------------
 
     def setup_model(self, checkpoint: Path | None = None) -> None:
-        """One copy of the weights with the trainable adapter; from ``checkpoint`` (a resume)
-        or ``init_decoder`` (continued training) or fresh. Sharded or wrapped for DDP last."""
+        """(After ``setup_data``.) One copy of the weights with the trainable adapter; from
+        ``checkpoint`` (a resume) or ``init_decoder`` (continued training) or fresh. Sharded
+        or wrapped for DDP last."""
         cfg = self.cfg
         loaded = load_model(cfg.model, dtype="bf16" if self.precision == "bf16" else "fp32",
                             device=self.device)
-        self.tokenizer, info = loaded.tokenizer, model_info(loaded.model)
+        info = model_info(loaded.model)
         torch.manual_seed(cfg.seed)  # adapter init does not depend on what ran before
         if cfg.full_finetune:  # a trainable copy of the blocks; the originals stay the target
             model = add_full_finetune_adapter(loaded.model)
@@ -185,7 +208,6 @@ class Recipe:
             read_layers=list(cfg.read_layers), write_layer=cfg.write_layer,
             injection=cfg.injection, layout=cfg.layout, placeholder=layout.placeholder,
             supervise=cfg.supervise)
-        self._datasets(self.tokenizer)
         self.cache = None
         if cfg.activation_cache != "off":
             self.cache = ActivationCache(
@@ -327,14 +349,23 @@ class Recipe:
             "plain_share": cfg.plain_share, "system_swaps": cfg.system_swaps,
             "init_decoder": cfg.init_decoder, "relation_share": cfg.relation_share,
             "trained_relations": sorted({t.name for t in self.triples}),
-            "pack_questions": cfg.pack_questions}
+            "pack_questions": cfg.pack_questions,
+            "system_prompt_data": cfg.system_prompt_data,
+            "system_prompt_descriptions": cfg.system_prompt_descriptions,
+            "classification_share": cfg.classification_share,
+            "context_share": cfg.context_share,
+            "dropped_overlap": self.dropped_overlap}
         saved = self._saveable()
         if self.dist.main:
             save_decoder(saved, directory, self.spec)
         self.dist.barrier()
 
     def summary_inputs(self) -> dict:
-        return {"data_files": file_hashes(self.cfg.data),
+        cfg = self.cfg
+        extra = [*cfg.system_prompt_data, *cfg.relation_data] + (
+            [cfg.classification_data] if cfg.classification_share else [])
+        return {"data_files": file_hashes(cfg.data),
+                "extra_data_files": file_hashes(extra) if extra else {},
                 "cache": self.cache.stats() if self.cache else None}
 
     def _gather_rng(self) -> list:
