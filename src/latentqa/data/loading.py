@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import UsageError
-from ..validation import ROLES, unicode_problem
+from ..validation import ROLES, find_bad_text, unicode_problem
 from .errors import DataError, Problem
 from .records import (
     DIALOG_KIND,
@@ -28,7 +28,7 @@ from .records import (
     Record,
 )
 
-JSONL_FIELDS = ("messages", "read", "label", "qa", "generation_prompt")
+JSONL_FIELDS = ("messages", "read", "label", "qa", "generation_prompt", "provenance")
 QA_KIND = "qa"
 
 
@@ -361,6 +361,22 @@ def _dialog_record(name, where, index, obj, qa, problems) -> Record | None:
     if gen is not None and not isinstance(gen, bool):
         problem("generation_prompt", f"expected true or false, got {_type_name(gen)}")
         ok = False
+    provenance = obj.get("provenance")
+    if provenance is not None:  # where the record came from; recorded, never read
+        nested = None if not isinstance(provenance, dict) else next(
+            (k for k, v in provenance.items()
+             if not (isinstance(v, (str, int, float, bool)) or v is None)), None)
+        if not isinstance(provenance, dict) or nested is not None:
+            got = _type_name(provenance) if nested is None else \
+                f"{_type_name(provenance[nested])} at {nested!r}"
+            problem("provenance", "expected an object of strings, numbers, booleans or nulls, "
+                                  f"got {got}")
+            ok = False
+        else:
+            bad = find_bad_text(provenance, "provenance")
+            if bad:
+                problem(bad[0], bad[1])
+                ok = False
     pairs = []
     if "qa" in obj:
         pairs = _check_qa_list(obj["qa"], problems, name, where, "qa", index)

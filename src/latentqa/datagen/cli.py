@@ -60,6 +60,54 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log every rejected output")
     p.set_defaults(func=cmd_generate)
+    register_replies(subparsers)
+
+
+def register_replies(subparsers) -> None:
+    from ..cli import _add_model_args  # the target's --model, --dtype, --device, ...
+
+    p = subparsers.add_parser(
+        "replies", help="the target's own reply to each LatentQA record, as JSONL dialogs",
+        description="Generate the target's reply to each record of LatentQA files (system: to "
+                    "the user turn under the system prompt; stimulus, stimulus_completion: to "
+                    "stimulus_user after the control turn and its reply; control: to the "
+                    "control turn) and write one JSONL dialog per valid reply, read like the "
+                    "paper's records plus the reply. Empty, repetitive and echoed replies are "
+                    "dropped and counted. Run the same command again to resume.")
+    p.add_argument("--data", nargs="+", required=True, metavar="FILE",
+                   help="LatentQA record files (system.json, unlabeled_system.json, "
+                        "stimulus.json, stimulus_completion.json, control.json) and the qa "
+                        "files for their labels (qa.json)")
+    p.add_argument("--out", required=True, type=Path, metavar="OUT.jsonl",
+                   help="the dialogs file; work files and summary.json go to OUT.work/")
+    _add_model_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="tokens per reply; a reply cut by the limit is cut back to its last "
+                        "whole sentence (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0: greedy (default); above 0: sampled, seeded per batch")
+    p.add_argument("--top-p", type=float, default=1.0, help="with sampling (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="replies generated at once, batched by prompt length (default: "
+                        "%(default)s)")
+    p.add_argument("--limit", type=int, help="only the first N distinct dialogs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replies)
+
+
+def cmd_replies(args) -> int:
+    from .replies import RepliesConfig, generate_replies, work_dir
+
+    cfg = RepliesConfig(data=list(args.data), out=args.out, model=args.model,
+                        dtype=args.dtype, device=args.device,
+                        trust_remote_code=args.trust_remote_code,
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                        limit=args.limit, progress=not args.no_progress)
+    summary = generate_replies(cfg)
+    print(f"{summary.line()}; summary in {work_dir(args.out) / 'summary.json'}")
+    return 0
 
 
 def make_backend(args):
@@ -112,4 +160,4 @@ def cmd_generate(args) -> int:
     return 0
 
 
-__all__ = ["register", "make_backend", "cmd_generate"]
+__all__ = ["register", "register_replies", "make_backend", "cmd_generate", "cmd_replies"]

@@ -108,3 +108,49 @@ def answer(raw: str, *, question_text: str, min_words: int = 1) -> str:
     if text.strip().lower() == question_text.strip().lower():
         raise InvalidOutput("answer repeats the question")
     return text
+
+
+# Replies of the target (``latentqa data replies``): kept as the target wrote them, only cut back
+# to whole sentences when the token limit stopped them, and dropped when degenerate.
+# A sentence end not after a digit, so "1. Eat" in a list cut off by the limit is no end.
+_REPLY_SENTENCE_END = re.compile(r"(?<![\d\s])[.!?…][\"')\]*]*(?=\s|$)")
+
+
+def trim_fragment(text: str) -> str:
+    """Cut a reply stopped by the token limit back to its last whole sentence, if it has one."""
+    ends = [m.end() for m in _REPLY_SENTENCE_END.finditer(text)]
+    return text[:ends[-1]].rstrip() if ends else text
+
+
+def repetition(text: str, n: int = 4) -> float:
+    """The share of the words that only repeat earlier text: words covered by a word n-gram
+    seen before (0 for fresh text, near 1 for a loop such as "ha ha ha ha ...")."""
+    ws = words(text)
+    if len(ws) < n:
+        return 0.0
+    seen, repeated = set(), [False] * len(ws)
+    for i in range(len(ws) - n + 1):
+        gram = tuple(ws[i:i + n])
+        if gram in seen:
+            repeated[i:i + n] = [True] * n
+        seen.add(gram)
+    return sum(repeated) / len(ws)
+
+
+REPLY_EMPTY = "empty"
+REPLY_REPETITIVE = "repetitive"
+REPLY_ECHO = "echoes the prompt"
+
+
+def reply(text: str, *, prompt=(), max_repetition: float = 0.5) -> str:
+    """A target's reply, or ``InvalidOutput`` with one of the fixed reasons above: no letter or
+    digit, mostly repetition (``repetition`` at least ``max_repetition``, or under a third of
+    the words distinct), or a copy of one of the ``prompt`` texts (the user turn, say)."""
+    if not any(c.isalnum() for c in text):
+        raise InvalidOutput(REPLY_EMPTY)
+    ws = words(text)
+    if repetition(text) >= max_repetition or (len(ws) >= 6 and len(set(ws)) < len(ws) / 3):
+        raise InvalidOutput(REPLY_REPETITIVE)
+    if ws and any(ws == words(p) for p in prompt):
+        raise InvalidOutput(REPLY_ECHO)
+    return text
