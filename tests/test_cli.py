@@ -42,6 +42,12 @@ def test_bad_model_is_one_line_without_traceback(capsys):
     assert err.startswith("latentqa: error: unknown model spec") and "Traceback" not in err
 
 
+def test_bad_dtype_is_one_line_without_traceback(capsys):
+    assert main(["info", "--dtype", "fp7"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("latentqa: error: dtype: unknown dtype 'fp7'") and "Traceback" not in err
+
+
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "latentqa.cli", "--version"],
                          capture_output=True, text=True, check=True).stdout

@@ -174,3 +174,14 @@ def test_reading_doc_uses_the_exported_load():
     assert latentqa.load is load
     doc = (REPO / "docs" / "reading.md").read_text()
     assert "once the package exports it" not in doc and "latentqa.load()" in doc
+
+
+def test_reader_ask_applies_the_sampling_rules():
+    from latentqa.reading.reader import Reader
+
+    reader = Reader.__new__(Reader)  # the rules run before any model is touched
+    for kwargs, param in [({"temperature": -1}, "temperature"), ({"top_p": 2}, "top_p"),
+                          ({"max_new_tokens": 0}, "max_new_tokens")]:
+        with pytest.raises(FieldError) as got:
+            reader.ask([{"role": "user", "content": "hi"}], "Who?", **kwargs)
+        assert got.value.param == param

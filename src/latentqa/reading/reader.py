@@ -27,6 +27,7 @@ from ..decoding import Group, generate_answers, grouped_logprobs, read_activatio
 from ..generation import generate, generate_text
 from ..models import DEFAULT_MODEL, load_config, load_model
 from ..selection import Read, as_read, render_read
+from ..validation import check_sampling
 from .controls import NEUTRAL_DIALOGS, check_control
 from .decoders import check_compatible, resolve_decoder
 from .errors import DecoderMismatchError, ReadingError
@@ -93,6 +94,8 @@ class Reader:
         One dialog and one question string give a string; a list of questions gives a list;
         a list of dialogs gives one such result per dialog.
         """
+        check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                       seed=seed)
         dialogs, one_dialog = as_dialogs(dialogs)
         questions, one_question = as_questions(questions)
         pairs = [(d, q) for d in range(len(dialogs)) for q in questions]
