@@ -124,7 +124,8 @@ def test_no_activations_injects_nothing(monkeypatch, smol_tokenizer, shared_data
 def test_eval_persona_cli_end_to_end(tiny_decoder, tmp_path, capsys):
     result_file = tmp_path / "persona.json"
     assert main(["eval", "persona", "--data", FIXTURE, "--decoder", str(tiny_decoder),
-                 "--split", "all", "--choices", "2", "--json", str(result_file)]) == 0
+                 "--split", "all", "--choices", "2", "--no-cache", "--json",
+                 str(result_file)]) == 0
     text = capsys.readouterr().out
     result = json.loads(result_file.read_text())
     assert set(result["conditions"]) == set(persona.CONDITIONS)

@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     h.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
     h.set_defaults(func=cmd_heldout)
     register_persona(sub)
+    register_recovery(sub)
     register_relations(sub)
     from .classification import register_classification  # its own module: evaluation/
 
@@ -103,6 +104,13 @@ def register_persona(sub) -> None:
                    help="comma-separated subset of the conditions (default: all five)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-null", action="store_true", help="skip the null-hallucination rate")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where what does not depend on the adapter (the text_only and "
+                        "untrained_decoder scores, the records' activations) is kept for later "
+                        "decoder versions (default: $LATENTQA_CACHE/eval, "
+                        "~/.cache/latentqa/eval)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="compute every condition; neither read nor write the cache")
     p.add_argument("--json", metavar="OUT", help="write the full result (with scores) as JSON")
     p.set_defaults(func=cmd_persona)
 
@@ -133,41 +141,68 @@ def _held_out(data, spec, args, files):
     return split_by_label(data, held_out=held_out, seed=seed)[1]
 
 
-def cmd_persona(args) -> int:
-    import random
-
-    from tqdm import tqdm
-
-    from ..data import latentqa_files, load_data
+def _choice_args(args, known) -> tuple[str, ...]:
+    """The --conditions asked for (default: all ``known``), with --choices checked."""
     from ..errors import UsageError
-    from ..reading import load
-    from .null import null_hallucination
-    from .persona import CONDITIONS, PersonaEval, build_items
 
-    conditions = tuple(c.strip() for c in (args.conditions or ",".join(CONDITIONS)).split(",")
+    conditions = tuple(c.strip() for c in (args.conditions or ",".join(known)).split(",")
                        if c.strip())
-    bad = set(conditions) - set(CONDITIONS)
+    bad = set(conditions) - set(known)
     if bad:
-        raise UsageError(f"unknown condition(s) {sorted(bad)}; choose from "
-                        f"{', '.join(CONDITIONS)}")
+        raise UsageError(f"unknown condition(s) {sorted(bad)}; choose from {', '.join(known)}")
     if args.choices < 2:
         raise UsageError("--choices must be at least 2")
-    reader = load(args.decoder, batch_size=args.batch_size)
+    return conditions
+
+
+def _items(args, reader, build, *, system_recovery: bool):
+    """The files, the data evaluated (--split) and its items (``build`` with --choices and
+    --seed), at most --limit of them drawn with the seed."""
+    import random
+
+    from ..data import latentqa_files, load_data
+
     files = latentqa_files(args.data)
-    data = load_data(files, system_recovery=False)
+    data = load_data(files, system_recovery=system_recovery)
     if args.split == "held-out":
         data = _held_out(data, reader.spec, args, files)
-    items = build_items(data, choices=args.choices, seed=args.seed)
+    items = build(data, choices=args.choices, seed=args.seed)
     if args.limit and len(items) > args.limit:
         items = sorted(random.Random(args.seed).sample(items, args.limit),
                        key=lambda i: i.record)
+    return files, data, items
+
+
+def cmd_persona(args) -> int:
+    from tqdm import tqdm
+
+    from ..errors import UsageError
+    from ..files import file_hashes
+    from ..reading import load
+    from .cache import ResultCache
+    from .null import null_hallucination
+    from .persona import CONDITIONS, PersonaEval, build_items
+
+    conditions = _choice_args(args, CONDITIONS)
+    reader = load(args.decoder, batch_size=args.batch_size)
+    files, data, items = _items(args, reader, build_items, system_recovery=False)
     if not items:
         raise UsageError("no records to evaluate (no labels with QA pairs and enough "
                         "same-family alternatives)")
-    rows = sum(len(i.candidates) for i in items) * len(conditions)
-    with tqdm(total=rows, desc="scoring", unit="row") as bar:
-        result = PersonaEval(reader, batch_size=args.batch_size, progress=bar.update).run(
-            data, items, conditions=conditions, seed=args.seed)
+    cache = None if args.no_cache else ResultCache(args.cache_dir)
+    # the caller's part of the cache key (the rest is the exact inputs and the base model)
+    fields = {"data_files": sorted(file_hashes(files).values()), "split": args.split,
+              "held_out": reader.spec.extra.get("held_out") if args.split == "held-out" else None,
+              "split_seed": (reader.spec.extra.get("split_seed") if args.split == "held-out"
+                             else None),
+              "choices": args.choices, "seed": args.seed, "limit": args.limit}
+    with tqdm(desc="scoring", unit="row") as bar:
+        def plan(rows):
+            bar.total = rows
+            bar.refresh()
+        result = PersonaEval(reader, batch_size=args.batch_size, progress=bar.update,
+                             plan=plan).run(data, items, conditions=conditions,
+                                            seed=args.seed, cache=cache, cache_fields=fields)
     if not args.no_null:
         result["null_hallucination"] = null_hallucination(reader)
     result.update({"kind": "persona", "decoder": reader.decoder_path, "split": args.split,
@@ -182,9 +217,17 @@ def print_persona(result: dict) -> None:
     print(f"{result['n']} records, {result['choices']} choices (chance "
           f"{result['chance']:.3f}), split {result['split']}")
     pvals = result.get("mcnemar_p_vs_activations", {})
+    cache = result.get("cache") or {}
+    reused = cache.get("reused", [])
     for c, s in result["conditions"].items():
         p = f"  McNemar p vs activations {pvals[c]:.2g}" if c in pvals else ""
-        print(f"  {c:<18} {s['accuracy']:.3f}  [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]{p}")
+        mark = "  (from the cache)" if c in reused else ""
+        print(f"  {c:<18} {s['accuracy']:.3f}  [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]{p}"
+              f"{mark}")
+    if cache.get("enabled"):
+        print(f"cache ({cache['dir']}): reused {', '.join(reused) or 'nothing'}; computed and "
+              f"saved {', '.join(cache.get('saved', [])) or 'nothing'}; the records' "
+              f"activations {cache.get('activations', 'not needed')}")
     for key in ("by_data_type", "by_family"):
         print(key.replace("_", " ") + ":")
         for group, g in result[key].items():
@@ -201,6 +244,100 @@ def print_persona(result: dict) -> None:
         for q, c in null.get("by_question", {}).items():
             print(f"  {q:<40} plain dialogs: {c['n'] - c['invented']}/{c['n']} plain;  under "
                   f"hidden instructions: {c['plain_under_hidden']}/{c['n_hidden']} plain")
+
+
+# ---- eval recovery ----------------------------------------------------------------------
+
+def register_recovery(sub) -> None:
+    p = sub.add_parser(
+        "recovery", help="system-prompt recovery: rank the hidden prompt, ROUGE-L of the answer",
+        description="On records whose system prompt is hidden (system records), ask the "
+                    "decoder 'What instructions was the assistant given?': rank the true prompt "
+                    "among prompts of the same family by mean log-probability per token (top-1 "
+                    "accuracy), and score its greedy answer by ROUGE-L F1 against the true "
+                    "prompt; with real activations, shuffled and no_activations.")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="a folder of LatentQA files or the files (as for eval persona)")
+    p.add_argument("--decoder", help="decoder directory (default: the shipped decoder)")
+    p.add_argument("--choices", type=int, default=5,
+                   help="prompts ranked per record: the true one and choices - 1 of its family")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["held-out", "all"], default="held-out",
+                   help="held-out: only labels the decoder's training held out; all: every "
+                        "record")
+    p.add_argument("--limit", type=int, default=0, help="at most this many records (0: all)")
+    p.add_argument("--conditions",
+                   help="comma-separated subset of activations,shuffled,no_activations")
+    p.add_argument("--max-new-tokens", type=int, default=80,
+                   help="answer length for ROUGE-L (the shared data's prompts: at most 77 "
+                        "tokens)")
+    p.add_argument("--no-rouge", action="store_true",
+                   help="rank only: skip generating answers (the slower half)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", metavar="OUT", help="write the full result (every answer) as JSON")
+    p.set_defaults(func=cmd_recovery)
+
+
+def cmd_recovery(args) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from ..errors import UsageError
+    from ..reading import load
+    from .recovery import CONDITIONS, RecoveryEval, build_items
+
+    conditions = _choice_args(args, CONDITIONS)
+    if args.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    start = time.perf_counter()
+    reader = load(args.decoder, batch_size=args.batch_size)
+    # records with a hidden prompt need no QA pairs: their question is the recovery question
+    _files, data, items = _items(args, reader, build_items, system_recovery=True)
+    if not items:
+        raise UsageError("no records to evaluate: recovery needs records with a hidden system "
+                        "prompt (system records) and at least one other of the same family")
+    ev = RecoveryEval(reader, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    with tqdm(total=ev.rows(items, conditions, rouge=not args.no_rouge), desc="recovery",
+              unit="row") as bar:
+        ev.progress = bar.update
+        result = ev.run(data, items, conditions=conditions, seed=args.seed,
+                        rouge=not args.no_rouge)
+    result.update({"kind": "recovery", "decoder": reader.decoder_path, "split": args.split,
+                   "choices": args.choices, "seed": args.seed, "limit": args.limit,
+                   "max_new_tokens": args.max_new_tokens})
+    result["seconds"]["total"] = time.perf_counter() - start
+    print_recovery(result)
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def print_recovery(result: dict) -> None:
+    print(f"{result['n']} records with a hidden system prompt, {result['choices']} prompts "
+          f"each (chance {result['chance']:.3f}), split {result['split']}; "
+          f"Q: {result['question']}")
+    print(f"true prompt ranked first (by {result['ranked_by']}):")
+    pvals = result["top1"].get("mcnemar_p_vs_activations", {})
+    for c, s in result["top1"]["conditions"].items():
+        p = f"  McNemar p vs activations {pvals[c]:.2g}" if c in pvals else ""
+        print(f"  {c:<16} {s['accuracy']:.3f}  [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]  "
+              f"{s['correct']}/{s['n']}{p}")
+    rouge = result.get("rouge_l")
+    if rouge:
+        print("ROUGE-L F1 of the greedy answer against the true prompt:")
+        pvals = rouge.get("sign_test_p_vs_activations", {})
+        for c, s in rouge["conditions"].items():
+            p = f"  sign test p vs activations {pvals[c]:.2g}" if c in pvals else ""
+            print(f"  {c:<16} {s['mean']:.3f}  [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]{p}")
+        ref = rouge["another_prompt_of_the_family"]
+        print(f"  (another prompt of the family scores {ref['mean']:.3f} against the true one)")
+    print("by family:")
+    for f, g in result["by_family"].items():
+        accs = "  ".join(f"{c} {s['accuracy']:.2f}" for c, s in g["top1"].items())
+        rl = "  ".join(f"{c} {s['mean']:.2f}" for c, s in (g.get("rouge_l") or {}).items())
+        print(f"  {f:<10} n={g['n']:<4} top-1: {accs}" + (f"  ROUGE-L: {rl}" if rl else ""))
+    print(f"({result['seconds']['total']:.0f} s)")
 
 
 # ---- eval relations ---------------------------------------------------------------------

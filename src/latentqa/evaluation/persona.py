@@ -10,6 +10,10 @@ when the true answer ranks first. The same candidates are scored under every con
   no_activations     the same probe, nothing injected into the placeholders
   text_only          the base model (adapter off), shown the read turns as text, same question
   untrained_decoder  adapter off, the record's activations injected (Patchscope/SelfIE style)
+
+The last two run with the adapter off, and the activations are read with it off, so none of
+them depends on the decoder: given a ``ResultCache`` (``evaluation/cache.py``) they are computed
+once per base model and inputs and reused by every later decoder version.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ from ..data.probe import IGNORE_INDEX, Probe
 from ..decoder import as_target, folded_adapter
 from ..decoding import Group, grouped_logprobs, read_activations
 from ..stats import mcnemar_exact, summarize
+from .cache import base_fingerprint, environment, tensor_digest
 
 CONDITIONS = ("activations", "shuffled", "no_activations", "text_only", "untrained_decoder")
+# run with the adapter off: the same for every decoder on the same target and inputs
+ADAPTER_FREE = ("text_only", "untrained_decoder")
+SCORING = "mean log-probability per labelled token"  # part of the cache key: change it, bump it
 TEXT_ONLY_PROMPT = ("Here is a conversation with an AI assistant.\n\n{conversation}\n\n"
                     "{question}")
 
@@ -57,15 +65,25 @@ def build_items(data, *, choices: int = 5, seed: int = 0) -> list[Item]:
         question, true = first[record.label]
         others = sorted({first[lab][1] for lab in by_family[record.label.split("-", 1)[0]]
                          if lab != record.label and first[lab][1] != true})
-        k = min(choices - 1, len(others))
-        if k < 1:
+        candidates = draw_candidates(true, others, choices, seed, r)
+        if candidates is None:
             continue
-        rng = random.Random(seed * 1_000_003 + r)
-        candidates = [true] + rng.sample(others, k)
-        rng.shuffle(candidates)
         items.append(Item(r, record.label, record.kind, record.family, question, candidates,
                           candidates.index(true)))
     return items
+
+
+def draw_candidates(true: str, others: list[str], choices: int, seed: int,
+                    index: int) -> list[str] | None:
+    """``true`` and ``choices - 1`` of ``others`` (fewer if there are fewer), in an order
+    drawn for (seed, index); None when ``others`` is empty."""
+    k = min(choices - 1, len(others))
+    if k < 1:
+        return None
+    rng = random.Random(seed * 1_000_003 + index)
+    candidates = [true] + rng.sample(others, k)
+    rng.shuffle(candidates)
+    return candidates
 
 
 def item_donors(items: list[Item], data, seed: int = 0) -> list[int]:
@@ -99,14 +117,21 @@ def text_probe(tokenizer, record, question: str, answer: str) -> Probe:
 class PersonaEval:
     """Scores items under conditions with one loaded ``Reader`` (model, tokenizer, spec)."""
 
-    def __init__(self, reader, *, batch_size: int = 16, progress=None):
+    def __init__(self, reader, *, batch_size: int = 16, progress=None, plan=None):
+        """``progress(n)``: n more rows scored; ``plan(n)``: n rows will be scored (known only
+        once the cache has been looked at)."""
         self.reader, self.batch_size, self.progress = reader, batch_size, progress
+        self.plan = plan
         self.model, self.tokenizer, self.spec = reader.model, reader.tokenizer, reader.spec
+
+    def targets(self, data, records) -> dict:
+        """What the target reads for each record: its token ids and read mask."""
+        return {r: render_target(self.tokenizer, data.records[r]) for r in records}
 
     @torch.no_grad()
     def activations(self, data, records: list[int]) -> dict[int, torch.Tensor]:
         """Read activations per record (adapter off), batched, right-padded."""
-        targets = {r: render_target(self.tokenizer, data.records[r]) for r in records}
+        targets = self.targets(data, records)
         out = {}
         order = sorted(targets, key=lambda r: len(targets[r].input_ids))
         for i in range(0, len(order), self.batch_size):
@@ -152,22 +177,119 @@ class PersonaEval:
                         self.progress(sum(len(groups[i][0].probes) for i in chunk))
         return out
 
-    def run(self, data, items: list[Item], *, conditions=CONDITIONS, seed: int = 0) -> dict:
+    def run(self, data, items: list[Item], *, conditions=CONDITIONS, seed: int = 0,
+            cache=None, cache_fields: dict | None = None) -> dict:
+        """Score every item under every condition. With a ``ResultCache``, the adapter-free
+        conditions are looked up first (``cache_fields``: the caller's part of the key, such
+        as data hashes, split, choices, seed and limit) and stored when computed."""
         unknown = set(conditions) - set(CONDITIONS)
         if unknown:
             raise ValueError(f"unknown conditions {sorted(unknown)}; choose from {CONDITIONS}")
         donors = item_donors(items, data, seed)
-        needed = sorted({i.record for i in items} | set(donors))
-        acts = self.activations(data, needed)
-        where = [(k, c) for k in range(len(items)) for c in conditions]
-        scores = self.score_groups([self.group(items[k], c, acts, donors[k], data)
-                                    for k, c in where])
-        correct = {c: [False] * len(items) for c in conditions}
-        table = []
-        for (k, condition), s in zip(where, scores):
-            correct[condition][k] = max(range(len(s)), key=s.__getitem__) == items[k].correct
-            table.append({"item": k, "condition": condition, "scores": s})
-        return report(items, correct, conditions, table=table)
+        key_fields, scores = {}, {}
+        if cache is not None:
+            for c in (c for c in conditions if c in ADAPTER_FREE):
+                key_fields[c] = self.cache_key(c, data, items, cache_fields or {})
+                got = cache.load(f"persona-{c}", key_fields[c], check=_score_check(items))
+                if got is not None:
+                    scores[c] = got
+        todo = [c for c in conditions if c not in scores]
+        acts, read = {}, "not needed"
+        if set(todo) - {"text_only"}:
+            needed = {i.record for i in items} | (set(donors) if "shuffled" in todo else set())
+            acts, read = self.cached_activations(data, sorted(needed), cache)
+        where = [(k, c) for k in range(len(items)) for c in todo]
+        groups = [self.group(items[k], c, acts, donors[k], data) for k, c in where]
+        if self.plan:
+            self.plan(sum(len(g.probes) for g, _ in groups))
+        computed = {c: [None] * len(items) for c in todo}
+        for (k, c), s in zip(where, self.score_groups(groups)):
+            computed[c][k] = s
+        saved = [c for c in todo if c in key_fields
+                 and cache.save(f"persona-{c}", key_fields[c], computed[c]) is not None]
+        scores.update(computed)
+        correct = {c: [max(range(len(s)), key=s.__getitem__) == items[k].correct
+                       for k, s in enumerate(scores[c])] for c in conditions}
+        table = [{"item": k, "condition": c, "scores": scores[c][k]}
+                 for k in range(len(items)) for c in conditions]
+        out = report(items, correct, conditions, table=table)
+        out["cache"] = ({"enabled": False} if cache is None else
+                        {"enabled": True, "dir": str(cache.directory),
+                         "reused": [c for c in key_fields if c not in computed],
+                         "saved": saved, "activations": read,
+                         "files": {c: str(cache.path(f"persona-{c}", cache.key(key_fields[c])))
+                                   for c in key_fields}})
+        return out
+
+    def cached_activations(self, data, records: list[int], cache) -> tuple[dict, str]:
+        """``activations``, kept in the cache too: they are read with the adapter off, so
+        every decoder version reading the same layer of the same target reuses them (the
+        second largest adapter-free cost after the two conditions). Also says whether they
+        were ``reused``, ``saved`` or ``computed`` (no cache)."""
+        if cache is None:
+            return self.activations(data, records), "computed"
+        targets = self.targets(data, records)
+        counts = {r: int(t.read_mask.sum()) for r, t in targets.items()}
+        fields = {"eval": "persona", "what": "activations", "read_layer": self.spec.read_layer,
+                  "records": records, "base_model": self.base_fingerprint(),
+                  "target": self.spec.target, **environment(self.model),
+                  "inputs": tensor_digest([t for r in records for t in
+                                           (targets[r].input_ids, targets[r].read_mask)])}
+
+        def check(tensors):
+            for r in records:
+                v = tensors.get(str(r))
+                if v is None or v.dim() != 2 or len(v) != counts[r]:
+                    raise ValueError(f"no activations of the right shape for record {r}")
+
+        got = cache.load_tensors("persona-activations", fields, check=check)
+        if got is not None:
+            return {r: got[str(r)] for r in records}, "reused"
+        acts = self.activations(data, records)
+        saved = cache.save_tensors("persona-activations", fields,
+                                   {str(r): v for r, v in acts.items()})
+        return acts, "saved" if saved is not None else "computed"
+
+    def base_fingerprint(self) -> str:
+        if getattr(self, "_base", None) is None:
+            self._base = base_fingerprint(self.model)
+        return self._base
+
+    def cache_key(self, condition: str, data, items: list[Item], extra: dict) -> dict:
+        """Everything an adapter-free condition's scores depend on (hashed into the cache
+        file's name): the exact token ids it scores, the base model, and for a condition that
+        injects activations, what is read (the target's ids and read masks, the read layer)
+        and how it is written (write layer, injection mode, probe layout)."""
+        records = sorted({i.record for i in items})
+        targets = self.targets(data, records)
+        # the probes depend on the read count only: build them as ``group`` does
+        counts = {r: torch.empty(int(t.read_mask.sum()), 0) for r, t in targets.items()}
+        probes = [p for item in items
+                  for p in self.group(item, condition, counts, item.record, data)[0].probes]
+        tensors = [t for p in probes for t in (p.input_ids, p.placeholder_mask, p.labels)]
+        fields = {"eval": "persona", "condition": condition, "scoring": SCORING, **extra,
+                  "records": [(i.label, i.record) for i in items]}
+        if condition != "text_only":  # reads and injects activations
+            tensors += [t for r in records for t in (targets[r].input_ids,
+                                                     targets[r].read_mask)]
+            fields.update(read_layer=self.spec.read_layer, write_layer=self.spec.write_layer,
+                          injection=self.spec.injection, layout=self.spec.layout,
+                          placeholder=self.spec.placeholder)
+        fields.update(base_model=self.base_fingerprint(), target=self.spec.target,
+                      inputs=tensor_digest(tensors), **environment(self.model))
+        return fields
+
+
+def _score_check(items: list[Item]):
+    """Raise ValueError unless ``payload`` holds one float per candidate of every item."""
+    def check(payload):
+        if not isinstance(payload, list) or len(payload) != len(items):
+            raise ValueError(f"expected scores for {len(items)} items")
+        for item, s in zip(items, payload):
+            if (not isinstance(s, list) or len(s) != len(item.candidates)
+                    or not all(isinstance(x, (int, float)) for x in s)):
+                raise ValueError("malformed scores")
+    return check
 
 
 def report(items: list[Item], correct: dict[str, list[bool]], conditions, *, table=None) -> dict:

@@ -2,7 +2,7 @@
 
 Why a separate step: evaluations are slow and their JSON holds every answer; the report is
 cheap, so it can be redrawn (or several runs put side by side) without running a model. Each
-RUN is the ``--json`` output of ``eval persona``, ``relations``, ``heldout`` or
+RUN is the ``--json`` output of ``eval persona``, ``recovery``, ``relations``, ``heldout`` or
 ``classification``, recognised by its ``kind`` (or, for files written before ``kind`` existed,
 by its keys).
 Every file is written whole or not at all (temporary file, then rename).
@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import LatentQAError
 from ..files import save_figure, write_text
 
-KINDS = ("persona", "relations", "heldout", "classification")
+KINDS = ("persona", "recovery", "relations", "heldout", "classification")
 
 
 class ReportError(LatentQAError, ValueError):
@@ -53,8 +53,8 @@ def load_run(path) -> tuple[str, dict]:
     kind = kind_of(result)
     if kind is None:
         keys = ", ".join(sorted(result)[:8]) if isinstance(result, dict) else type(result).__name__
-        raise ReportError(f"{path}: not a result of eval persona, relations, heldout or "
-                          f"classification (found: {keys})")
+        raise ReportError(f"{path}: not a result of eval persona, recovery, relations, "
+                          f"heldout or classification (found: {keys})")
     return kind, result
 
 
@@ -178,6 +178,10 @@ def persona_section(name: str, r: dict, out: Path) -> list[str]:
     bar_plot(out / plot, f"persona recovery ({name})", conds,
              [r["conditions"][c] for c in conds], chance=r["chance"])
     lines += ["", f"![accuracy per condition]({plot})", ""]
+    reused = (r.get("cache") or {}).get("reused")
+    if reused:
+        lines += [f"From the cache of an earlier run on the same base model and inputs (they "
+                  f"run with the adapter off): {', '.join(f'`{c}`' for c in reused)}.", ""]
     for key in ("by_data_type", "by_family"):
         groups = r.get(key) or {}
         if not groups:
@@ -314,7 +318,56 @@ def classification_section(name: str, r: dict, out: Path) -> list[str]:
     return lines
 
 
-SECTIONS = {"persona": persona_section, "relations": relations_section,
+def recovery_section(name: str, r: dict, out: Path) -> list[str]:
+    top1 = r["top1"]["conditions"]
+    conds = list(top1)
+    pvals = r["top1"].get("mcnemar_p_vs_activations", {})
+    lines = [f"## System-prompt recovery: `{name}`", "",
+             f"{r['n']} records with a hidden system prompt, split {r.get('split', '?')}, "
+             f"decoder `{r.get('decoder', '?')}`; asked \"{r['question']}\". The true prompt is "
+             f"ranked among {r.get('choices', '?')} prompts of its family (chance "
+             f"{r['chance']:.3f}) by {r['ranked_by']}.", ""]
+    lines += table(["condition", "top-1", "95% CI", "correct / n", "McNemar p vs activations"],
+                   [[c, pct(s), ci(s), f"{s['correct']} / {s['n']}", pval(pvals.get(c))]
+                    for c, s in top1.items()])
+    plot = f"recovery-{slug(name)}.png"
+    bar_plot(out / plot, f"system-prompt recovery, top-1 ({name})", conds,
+             [top1[c] for c in conds], chance=r["chance"])
+    lines += ["", f"![top-1 accuracy per condition]({plot})", ""]
+    rouge = r.get("rouge_l")
+    if rouge:
+        spv = rouge.get("sign_test_p_vs_activations", {})
+        ref = rouge["another_prompt_of_the_family"]
+        lines += ["ROUGE-L F1 of the greedy answer against the true prompt (mean, 95% normal "
+                  "interval; exact sign test against `activations`). Another prompt of the "
+                  f"same family scores {ref['mean']:.3f} against the true one.", ""]
+        lines += table(["condition", "ROUGE-L", "95% CI", "sign test p vs activations"],
+                       [[c, f"{s['mean']:.3f}", f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]",
+                         pval(spv.get(c))] for c, s in rouge["conditions"].items()])
+        lines.append("")
+    lines += ["**by family**", ""]
+    lines += table(["family", "n"] + [f"top-1 {c}" for c in conds]
+                   + ([f"ROUGE-L {c}" for c in conds] if rouge else []),
+                   [[f, str(g["n"])] + [pct(g["top1"][c]) for c in conds]
+                    + ([f"{g['rouge_l'][c]['mean']:.3f}" for c in conds] if rouge else [])
+                    for f, g in r["by_family"].items()])
+    examples = [i for i in r.get("items", []) if "answer" in i["conditions"].get(
+        "activations", {})][:5]
+    if examples:
+        lines += ["", "First answers (real activations):", ""]
+        lines += table(["true prompt", "answer", "ROUGE-L"],
+                       [[_cell(i["prompt"]), _cell(i["conditions"]["activations"]["answer"]),
+                         f"{i['conditions']['activations']['rouge_l']:.2f}"] for i in examples])
+    return lines + [""]
+
+
+def _cell(text: str, width: int = 120) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+SECTIONS = {"persona": persona_section, "recovery": recovery_section,
+            "relations": relations_section,
             "heldout": heldout_section, "classification": classification_section}
 
 
