@@ -23,7 +23,7 @@ seed-to-seed difference within a variant says what noise is.
 Prints JSON: examples_per_s, labelled_tokens_per_s, speedup_vs_reference,
 speedup_vs_one_pair_per_row, peak_rss_bytes, memory_ratio (packed / reference),
 cache_step_s, heldout_loss.
-Usage: python benchmarks/train_throughput.py [--records 48] [--batch 4]
+Usage: python benchmarks/train_throughput.py [--records 48] [--batch 4] [--precision auto]
        [--train-examples 240] [--seeds 0 1] [--data DIR]
 """
 
@@ -57,6 +57,7 @@ def recipe_for(args, *, pack: bool, seed: int = 0, batch: int | None = None,
                       read_layers=[args.layer], pack_questions=pack, seed=seed,
                       batch_size=batch or args.batch, lr=2e-4, warmup_steps=5,
                       schedule="constant", eval_examples=args.eval_examples,
+                      precision=args.precision,
                       out_dir=tempfile.mkdtemp(prefix="lqa-bench-"))
     recipe = Recipe(cfg, Distributed("cpu"), log=lambda *a, **k: None)
     recipe.setup_data()
@@ -166,7 +167,7 @@ def peak_child(variant: str, args) -> int:
 def argv_of(args) -> list[str]:
     return ["--records", str(args.records), "--batch", str(args.batch), "--data", str(args.data),
             "--model", args.model, "--layer", str(args.layer), "--memory-steps",
-            str(args.memory_steps)]
+            str(args.memory_steps), "--precision", args.precision]
 
 
 def heldout_after(args, pack: bool, seed: int, examples: int) -> dict:
@@ -197,6 +198,9 @@ def main():
     ap.add_argument("--eval-examples", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--memory-steps", type=int, default=4)
+    ap.add_argument("--precision", default="auto", help="the trainer's precision for our two "
+                    "variants (auto: bf16 autocast where the CPU has bf16, else fp32); the "
+                    "reference is fp32 always")
     ap.add_argument("--child", choices=["reference", "one_pair", "packed"])
     args = ap.parse_args()
     if args.child:
@@ -234,6 +238,7 @@ def main():
             t = time.perf_counter()
             packed.train_step([b], args.layer)
             cache_s[mode].append(time.perf_counter() - t)
+    packed_precision = packed.precision
     del packed, one_pair
 
     args.pairs_per_row = counts["packed"][0] / args.records
@@ -248,6 +253,7 @@ def main():
 
     print(json.dumps({
         "model": args.model, "records": args.records, "batch_rows": args.batch,
+        "precision_ours": packed_precision, "precision_reference": "fp32",
         "examples": {n: c[0] for n, c in counts.items()},
         "seconds": {n: round(s, 2) for n, s in seconds.items()},
         "examples_per_s": {n: round(v, 3) for n, v in eps.items()},

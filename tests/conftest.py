@@ -99,6 +99,6 @@ def tiny_decoder(tiny_target, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-decoder-run")
     assert main(["train", f"data={json.dumps([fixture])}", f"model={tiny_target}",
                  f"out_dir={out}", "read_layers=[2]", "max_steps=2", "batch_size=4",
-                 "held_out=0", f"eval_data={json.dumps([fixture])}", "precision=fp32",
+                 "held_out=0", f"eval_data={json.dumps([fixture])}", "held_out_hygiene=false", "precision=fp32",
                  "lora_r=4", "eval_every=2", "save_every=2"]) == 0
     return out / "decoder"

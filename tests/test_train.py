@@ -167,7 +167,7 @@ def test_activation_cache_gives_the_same_run(tiny_target, tmp_path):
         out = tmp_path / mode
         args = _args(tiny_target, out, activation_cache=mode, cache_dtype="fp32",
                      lora_dropout=0.0, max_steps=12, save_every=12, eval_every=12,
-                     held_out=0, eval_data=json.dumps([fixture]))
+                     held_out=0, eval_data=json.dumps([fixture]), held_out_hygiene="false")
         args[0] = f"data={json.dumps([fixture])}"  # 17 pairs: two epochs revisit records
         proc = _cli(args)
         log, _ = proc.communicate(timeout=300)
@@ -198,7 +198,8 @@ def test_two_process_fsdp_equals_one_process_and_resumes(tiny_target, tmp_path):
     def args(out, **extra):  # the 17 hand-written pairs: little to load in each process
         # constant schedule: a run stopped at step 2 and resumed to 4 sees the same rates
         out = _args(tiny_target, out, lora_dropout=0.0, schedule="constant", save_every=2,
-                    eval_every=2, held_out=0, eval_data=fixture, **extra)
+                    eval_every=2, held_out=0, eval_data=fixture, held_out_hygiene="false",
+                    **extra)
         return [f"data={fixture}"] + out[1:]
 
     assert main(["train", *args(one, grad_accum=2, max_steps=4)]) == 0

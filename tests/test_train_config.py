@@ -121,6 +121,11 @@ KEY_FACTS = {
     "smollm2-135m-v5.yaml": dict(init_decoder="runs/v0.2-decoder", lr=1e-4, max_steps=300,
                                  seed=2, system_swaps=3, relation_share=0.0, eval_every=100,
                                  out_dir="runs/smollm2-135m-v5"),
+    "smollm2-135m-v8.yaml": dict(init_decoder="runs/v0.4-decoder", pack_questions=True,
+                                 held_out_hygiene=True, system_prompt_descriptions=True,
+                                 system_prompt_data=["../shared/data/latentqa/"
+                                                     "unlabeled_system.json"],
+                                 out_dir="runs/smollm2-135m-v8"),
 }
 
 

@@ -79,3 +79,14 @@ def test_classification_share_reads_training_rows_only(tiny_target, shared):
         <= {"Yes", "No"}
     for r in added:
         assert text_key(r.messages[0]["content"]) not in held_out
+
+
+def test_hygiene_that_would_leave_nothing_says_why(tiny_target):
+    import pytest
+
+    from latentqa.train import ConfigError
+
+    same = [str(GOOD / "system.json"), str(GOOD / "qa.json")]
+    with pytest.raises(ConfigError, match="held_out_hygiene: every training record"):
+        _data(tiny_target, data=same, eval_data=same)
+    assert _data(tiny_target, data=same, eval_data=same, held_out_hygiene=False).rows.rows

@@ -23,7 +23,7 @@ FIXTURE = json.dumps([str(Path(__file__).parent / "fixtures" / "data" / "good")]
 def _args(target, out, **extra):
     """A tiny run on the 17 hand-written pairs: a few seconds."""
     values = dict(model=str(target), out_dir=str(out), data=FIXTURE, eval_data=FIXTURE,
-                  held_out=0, read_layers="[2]", batch_size=4, max_steps=3, log_every=1,
+                  held_out=0, held_out_hygiene="false", read_layers="[2]", batch_size=4, max_steps=3, log_every=1,
                   eval_every=3, eval_examples=4, save_every=1, keep_checkpoints=0, lr=1e-3,
                   warmup_steps=1, precision="fp32", lora_r=4, lora_alpha=8, max_tokens=256)
     values.update(extra)

@@ -142,6 +142,11 @@ class Recipe:
         if cfg.held_out_hygiene:  # before the shares below, which draw on the training texts
             train, self.dropped_overlap = drop_held_out_overlap(
                 train, held_out, near=cfg.held_out_near or None)
+            if self.dropped_overlap and not train.records:
+                raise ConfigError(
+                    f"held_out_hygiene: every training record ({self.dropped_overlap}) shares "
+                    "a text with a held-out record (is eval_data the training data?); set "
+                    "held_out_hygiene: false to train on them anyway")
             if self.dropped_overlap:
                 self.log(f"dropped {self.dropped_overlap} training records that share a text "
                          "with a held-out record")
