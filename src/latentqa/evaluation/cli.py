@@ -12,6 +12,16 @@ from pathlib import Path
 from ..files import write_json
 
 
+def finish(result: dict, show, json_path, **meta) -> int:
+    """What every eval command ends with: its settings into the result, the result printed,
+    and written as JSON when asked."""
+    result.update(meta)
+    show(result)
+    if json_path:
+        write_json(json_path, result)
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a decoder, always beside its controls")
     sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND")
@@ -39,8 +49,6 @@ def register(subparsers) -> None:
     register_persona(sub)
     register_recovery(sub)
     register_relations(sub)
-    from .classification import register_classification  # its own module: evaluation/
-
     register_classification(sub)
     register_report(sub)
     return sub
@@ -205,12 +213,9 @@ def cmd_persona(args) -> int:
                                             seed=args.seed, cache=cache, cache_fields=fields)
     if not args.no_null:
         result["null_hallucination"] = null_hallucination(reader)
-    result.update({"kind": "persona", "decoder": reader.decoder_path, "split": args.split,
-                   "choices": args.choices, "seed": args.seed})
-    print_persona(result)
-    if args.json:
-        write_json(args.json, result)
-    return 0
+    return finish(result, print_persona, args.json, kind="persona",
+                  decoder=reader.decoder_path, split=args.split, choices=args.choices,
+                  seed=args.seed)
 
 
 def print_persona(result: dict) -> None:
@@ -303,14 +308,10 @@ def cmd_recovery(args) -> int:
         ev.progress = bar.update
         result = ev.run(data, items, conditions=conditions, seed=args.seed,
                         rouge=not args.no_rouge)
-    result.update({"kind": "recovery", "decoder": reader.decoder_path, "split": args.split,
-                   "choices": args.choices, "seed": args.seed, "limit": args.limit,
-                   "max_new_tokens": args.max_new_tokens})
     result["seconds"]["total"] = time.perf_counter() - start
-    print_recovery(result)
-    if args.json:
-        write_json(args.json, result)
-    return 0
+    return finish(result, print_recovery, args.json, kind="recovery",
+                  decoder=reader.decoder_path, split=args.split, choices=args.choices,
+                  seed=args.seed, limit=args.limit, max_new_tokens=args.max_new_tokens)
 
 
 def print_recovery(result: dict) -> None:
@@ -497,3 +498,72 @@ def cmd_report(args) -> int:
     path = write_report(args.runs, args.out)
     print(f"wrote {path}")
     return 0
+
+
+def register_classification(sub) -> None:
+    from .classification import DEFAULT_LIMIT
+
+    p = sub.add_parser(
+        "classification", help="yes/no classification of held-out texts, with three controls",
+        description="Activation Oracles' classification protocol on the held-out rows of the "
+                    "classification sets: one vector at each text's last token, a yes/no "
+                    "question naming a label (balanced), greedy answers of up to 10 tokens; "
+                    "beside it shuffled, no_activations and text_only.")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="the classification folder (CSV sets and paraphrases/question.json), "
+                        "e.g. ../shared/data/classification")
+    p.add_argument("--decoder", help="decoder directory (default: the shipped decoder)")
+    p.add_argument("--sets", help="comma-separated set names (CSV stems, e.g. cities,tense; "
+                                  "default: every set in DIR)")
+    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+                   help="at most this many items per set, half Yes and half No, drawn with the "
+                        "seed (0: every held-out row balance allows; default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", "--out", dest="json", metavar="OUT",
+                   help="write the full result (every answer) as JSON")
+    p.set_defaults(func=cmd_classification)
+
+
+def cmd_classification(args) -> int:
+    from tqdm import tqdm
+
+    from ..data.classification import HELD_OUT, load_classification
+    from ..errors import UsageError
+    from ..reading import load
+    from .classification import MAX_NEW_TOKENS, ClassificationEval, build_items
+
+    if args.limit < 0:
+        raise UsageError("--limit must be 0 (all) or more")
+    only = [s.strip() for s in args.sets.split(",") if s.strip()] if args.sets else None
+    sets = load_classification(args.data, only=only)
+    items = build_items(sets, limit=args.limit, seed=args.seed)
+    if not items:
+        raise UsageError("no items to evaluate (the sets' held-out rows give no balanced pair)")
+    reader = load(args.decoder, batch_size=args.batch_size)
+    ev = ClassificationEval(reader, batch_size=args.batch_size)
+    with tqdm(total=ev.rows(items), desc="answering", unit="answer") as bar:
+        ev.progress = bar.update
+        result = ev.run(items)
+    return finish(result, print_classification, args.json, kind="classification",
+                  decoder=reader.decoder_path, split="held-out", held_out=HELD_OUT,
+                  read_layer=reader.spec.read_layer, sets=[s.name for s in sets],
+                  limit=args.limit, seed=args.seed, max_new_tokens=MAX_NEW_TOKENS)
+
+
+def print_classification(result: dict) -> None:
+    print(f"{result['n']} held-out items from {len(result['by_set'])} set(s), Yes and No "
+          f"balanced (chance 0.5); one vector at the last token, layer {result['read_layer']}")
+    pvals = result.get("mcnemar_p_vs_activations", {})
+    for c, s in result["conditions"].items():
+        p = f"  McNemar p vs activations {pvals[c]:.2g}" if c in pvals else ""
+        strict = result["strict"][c]["accuracy"]
+        answers = ", ".join(f"{k} {v}" for k, v in sorted(result["answers"][c].items()))
+        print(f"  {c:<15} {s['accuracy']:.3f}  [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]  strict "
+              f"{strict:.3f}  ({answers}){p}")
+    for key in ("by_set", "by_answer"):
+        print(key.replace("_", " ") + ":")
+        for group, g in result[key].items():
+            accs = "  ".join(f"{c} {s['accuracy']:.2f}" for c, s in g["conditions"].items())
+            print(f"  {group:<24} n={g['n']:<4} {accs}")
+    print(f"({result['seconds']:.0f} s)")
