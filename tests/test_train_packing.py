@@ -4,7 +4,8 @@ A record's probes share everything up to their question (the chat header, the pl
 carrying the record's activations, the decoder's fixed reply, which is supervised); the packed
 row runs that prefix once, then each QA block under a block mask with positions restarting
 after the prefix. The loss must be the one-pair-per-row loss, the fixed reply counted once per
-pair, so that training with packing is training on the same objective.
+pair, so that training with packing is training on the same objective. The same holds for the
+multi-layer layout (``read_together``): one labelled group of placeholders per layer.
 """
 
 from __future__ import annotations
@@ -19,13 +20,19 @@ from latentqa.decoder import add_decoder_adapter
 from latentqa.decoding import decoder_loss_sum, rows_loss_sum
 
 
-def _probe(g, header, n, reply, question_len, answer_len):
+def _probe(g, header, n, reply, question_len, answer_len, layers=None):
     """header, n placeholders, a fixed reply (supervised), a question, an answer (supervised),
-    an end token (not supervised): the paper's probe, with random ids."""
+    an end token (not supervised): the paper's probe, with random ids. With ``layers``, one
+    group of n placeholders per layer, each after its label ("Layer l:", a few ids), the
+    groups separated by a newline id: the multi-layer layout."""
     mid = [5, 6]
     question = torch.randint(3, 120, (question_len,), generator=g).tolist()
     answer = torch.randint(3, 120, (answer_len,), generator=g).tolist()
-    parts = [(header, False, False), ([1] * n, True, False), (mid, False, False),
+    runs = [([1] * n, True, False)] if layers is None else [
+        part for k, layer in enumerate(layers)
+        for part in ([([10], False, False)] if k else []) + [([11, 12 + layer, 13], False, False),
+                                                             ([1] * n, True, False)]]
+    parts = [(header, False, False), *runs, (mid, False, False),
              (reply, False, True), (question, False, False), (answer, False, True),
              ([2], False, False)]
     ids, ph, sup = [], [], []
@@ -38,14 +45,15 @@ def _probe(g, header, n, reply, question_len, answer_len):
     return Probe(ids, torch.tensor(ph), labels)
 
 
-def _rows(hidden: int, seed: int = 0):
+def _rows(hidden: int, seed: int = 0, layers=None):
     g = torch.Generator().manual_seed(seed)
     header = torch.randint(3, 120, (4,), generator=g).tolist()
     reply = torch.randint(3, 120, (3,), generator=g).tolist()
+    groups = 1 if layers is None else len(layers)
     rows, vectors = [], []
     for n, shape in [(5, [(4, 3), (6, 5), (3, 2)]), (2, [(5, 4), (4, 1)]), (7, [(3, 6)])]:
-        rows.append([_probe(g, header, n, reply, q, a) for q, a in shape])
-        vectors.append(torch.randn(n, hidden, generator=g) * 3)
+        rows.append([_probe(g, header, n, reply, q, a, layers) for q, a in shape])
+        vectors.append(torch.randn(groups * n, hidden, generator=g) * 3)
     return rows, vectors
 
 
@@ -64,11 +72,12 @@ def _grads(model, loss):
     return dict(zip(params, grads))
 
 
+@pytest.mark.parametrize("layers", [None, (1, 2, 3)], ids=["one_layer", "multi_layer"])
 @pytest.mark.parametrize("mode", INJECTION_MODES)
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_packed_rows_give_the_one_pair_per_row_loss_and_gradients(arch, mode):
+def test_packed_rows_give_the_one_pair_per_row_loss_and_gradients(arch, mode, layers):
     model = _model(arch)
-    rows, vectors = _rows(model.config.hidden_size)
+    rows, vectors = _rows(model.config.hidden_size, layers=layers)
 
     packed, n_packed = rows_loss_sum(model, rows, vectors, pad_id=0, write_layer=1, mode=mode)
     probes = [p for row in rows for p in row]
@@ -89,7 +98,8 @@ def test_packed_rows_give_the_one_pair_per_row_loss_and_gradients(arch, mode):
 
 
 def test_a_row_runs_its_prefix_once(monkeypatch):
-    """The packed forward sees the shared prefix once per row, not once per pair."""
+    """The packed forward sees a row's shared prefix once, not once per pair, and the opening
+    every row shares (the chat header) once for the whole batch."""
     from latentqa import decoding
 
     model = _model("llama")
@@ -102,6 +112,8 @@ def test_a_row_runs_its_prefix_once(monkeypatch):
         rows_loss_sum(model, rows, vectors, pad_id=0, write_layer=1)
     finally:
         handle.remove()
-    assert len(seen) == 1  # one forward pass for the whole batch
+    assert len(seen) == 2  # the shared opening, then one packed pass for the whole batch
+    (one, lead), (batch, width) = seen
+    assert one == 1 and lead == 4  # the header, before the first placeholder
     per_pair = sum(len(p.input_ids) for row in rows for p in row)
-    assert seen[0][0] == len(rows) and seen[0][0] * seen[0][1] < per_pair
+    assert batch == len(rows) and lead + batch * width < per_pair - lead * (batch - 1)

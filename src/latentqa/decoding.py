@@ -14,29 +14,64 @@ import contextlib
 import copy
 import inspect
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .activations import capture, gather, inject, position_ids_from_mask
+from .arch import model_info
 from .batching import pad_id
 from .data.probe import IGNORE_INDEX, pad_probes
 from .decoder import as_target
 from .generation import cut_at_end, end_ids, generate_batch
 
 
-def read_activations(model, input_ids, attention_mask, read_mask, layer: int, *,
+def read_activations(model, input_ids, attention_mask, read_mask, layer: int | Sequence[int], *,
                      grad: bool = False) -> list[torch.Tensor]:
     """The target's residual stream after ``layer`` at the read positions, one [n_b, H] per row.
+
+    ``layer`` may be a sequence of layers read together: one pass of the target (stopping
+    after the deepest), and per row the layers' vectors one after another in the order given,
+    ``[len(layer) * n_b, H]`` (``split_layers`` splits them), which is the order of a probe's
+    placeholder groups.
 
     The adapter (if any) is disabled, so a decoder built on the target reads the plain target.
     With ``grad=True`` the graph is kept (steering trains the target through it) and adapters
     stay on: then the trainable target is whatever adapter is active.
     """
     ctx = contextlib.nullcontext() if grad else as_target(model)
+    if not isinstance(layer, int):
+        return _read_together(model, input_ids, attention_mask, read_mask, layer, ctx, grad)
     with ctx, torch.set_grad_enabled(grad):
         hidden = capture(model, input_ids, attention_mask, layers=layer)[layer]
     return gather(hidden, read_mask)
+
+
+def _read_together(model, input_ids, attention_mask, read_mask, layers, ctx, grad):
+    info = model_info(model)
+    layers = [info.check_layer(k, "read layer") for k in layers]
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"layers read together must be distinct and at least one, got {layers}")
+    with ctx, torch.set_grad_enabled(grad):
+        hidden = capture(model, input_ids, attention_mask, layers=layers)
+    return join_layers([gather(hidden[k], read_mask) for k in layers])
+
+
+def join_layers(per_layer: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """``per_layer[l][b]`` ([n_b, H]: layer l's vectors of row b) as one tensor per row, the
+    layers one after another (one layer: its tensors as they are)."""
+    if len(per_layer) == 1:
+        return list(per_layer[0])
+    return [torch.cat(rows) for rows in zip(*per_layer)]
+
+
+def split_layers(vectors: torch.Tensor, groups: int) -> list[torch.Tensor]:
+    """A row's vectors of ``groups`` layers read together, split back into one [n, H] per
+    layer (``groups=1``: ``[vectors]``)."""
+    if groups < 1 or len(vectors) % groups:
+        raise ValueError(f"{len(vectors)} vectors do not split into {groups} equal layer groups")
+    return [vectors] if groups == 1 else list(vectors.chunk(groups))
 
 
 def body_and_head(model):
@@ -132,8 +167,8 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
     after its last predicting position (its last token) are left out: no labelled token
     depends on them. Nothing is padded inside a group and nothing is copied, so the cost is
     the prefix plus the answers; the opening all groups share (the probe's chat header, before
-    the placeholders) runs once per call unless ``share_opening`` is off (its cache is copied
-    per row, which autograd cannot do: training turns it off). Groups that cannot be packed
+    the placeholders) runs once per call unless ``share_opening`` is off. Groups that cannot be
+    packed
     (no shared prefix, an attention kernel without arbitrary masks, a sliding window shorter
     than a probe) are scored probe by probe in one padded batch.
 
@@ -160,17 +195,17 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
                                                  for p in groups[g].probes))
     lead = _lead(body, config, [groups[g] for g in order], [shared[g] for g in order], device) \
         if share_opening else (0, None)
-    chunk: list[int] = []
-    for g in order + [None]:
-        if g is not None and (not chunk or sum(len(groups[c].probes) for c in chunk)
-                              + len(groups[g].probes) <= batch_size):
-            chunk.append(g)
-            continue
-        if chunk:
-            _score_packed(body, head, config, model, [groups[c] for c in chunk],
-                          [shared[c] for c in chunk], [out[c] for c in chunk], pad_id,
-                          write_layer, mode, device, lead)
-        chunk = [g] if g is not None else []
+    chunks: list[list[int]] = []
+    for g in order:
+        if chunks and sum(len(groups[c].probes) for c in chunks[-1]) \
+                + len(groups[g].probes) <= batch_size:
+            chunks[-1].append(g)
+        else:
+            chunks.append([g])
+    for chunk in chunks:
+        _score_packed(body, head, config, model, [groups[c] for c in chunk],
+                      [shared[c] for c in chunk], [out[c] for c in chunk], pad_id,
+                      write_layer, mode, device, lead, copy_lead=len(chunks) > 1)
     return out
 
 
@@ -241,7 +276,7 @@ def _block_mask(segment: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _score_packed(body, head, config, model, groups, shared, out, pad_id, write_layer, mode,
-                  device, lead=(0, None)):
+                  device, lead=(0, None), copy_lead: bool = True):
     """One forward pass over ``groups``, each packed into one row (``_pack``) after the
     ``lead`` tokens they all start with (their cache is reused), right-padded; fills
     ``out[i][k]`` for probe k of groups[i]."""
@@ -269,7 +304,10 @@ def _score_packed(body, head, config, model, groups, shared, out, pad_id, write_
     kwargs = {}
     if lead_cache is not None:  # every row sees the lead; each row gets its own cache copy
         mask = torch.cat([mask.new_zeros(*mask.shape[:3], skip), mask], dim=-1)
-        cache = copy.deepcopy(lead_cache)
+        # the forward appends to the cache it is given: a lead that later chunks reuse is
+        # copied; a lead used once is expanded in place (autograd cannot deep-copy its tensors,
+        # and the gradient flows through the expansion to the lead's own pass)
+        cache = copy.deepcopy(lead_cache) if copy_lead else lead_cache
         cache.reorder_cache(torch.zeros(len(groups), dtype=torch.long, device=device))
         kwargs[_cache_kwarg(body)] = cache
     ctx = (inject(model, write_layer, placeholders, vectors, mode) if vectors
@@ -310,11 +348,12 @@ def rows_loss_sum(model, probes: list[list], vectors: list[torch.Tensor] | None,
     """Summed negative log-likelihood and count of the labelled tokens of every probe, with
     ``vectors[i]`` injected into each probe of ``probes[i]``: the same numbers (and gradients)
     as one padded row per probe (``decoder_loss_sum``), but each ``probes[i]`` runs as one
-    packed row, its shared prefix once (``grouped_logprobs``). One forward pass."""
+    packed row, its shared prefix once, and the opening every row shares (the chat header
+    before the placeholders) once for the batch (``grouped_logprobs``). One packed forward."""
     groups = [Group(p, None if vectors is None else v) for p, v in
               zip(probes, vectors if vectors is not None else [None] * len(probes))]
     out = grouped_logprobs(model, groups, pad_id=pad_id, write_layer=write_layer, mode=mode,
-                           batch_size=sum(len(p) for p in probes), share_opening=False)
+                           batch_size=sum(len(p) for p in probes))
     logp = torch.cat([x for row in out for x in row])
     return -logp.sum(), logp.numel()
 
