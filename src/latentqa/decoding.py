@@ -344,16 +344,17 @@ def decoder_loss_sum(model, batch: dict, vectors, *, write_layer: int, mode: str
 
 
 def rows_loss_sum(model, probes: list[list], vectors: list[torch.Tensor] | None, *, pad_id: int,
-                  write_layer: int = 0, mode: str = "replace"):
+                  write_layer: int = 0, mode: str = "replace", share_opening: bool = True):
     """Summed negative log-likelihood and count of the labelled tokens of every probe, with
     ``vectors[i]`` injected into each probe of ``probes[i]``: the same numbers (and gradients)
     as one padded row per probe (``decoder_loss_sum``), but each ``probes[i]`` runs as one
     packed row, its shared prefix once, and the opening every row shares (the chat header
-    before the placeholders) once for the batch (``grouped_logprobs``). One packed forward."""
+    before the placeholders) once for the batch (``grouped_logprobs``; ``share_opening=False``
+    runs it in every row: a sharded model's body must run once per backward)."""
     groups = [Group(p, None if vectors is None else v) for p, v in
               zip(probes, vectors if vectors is not None else [None] * len(probes))]
     out = grouped_logprobs(model, groups, pad_id=pad_id, write_layer=write_layer, mode=mode,
-                           batch_size=sum(len(p) for p in probes))
+                           batch_size=sum(len(p) for p in probes), share_opening=share_opening)
     logp = torch.cat([x for row in out for x in row])
     return -logp.sum(), logp.numel()
 

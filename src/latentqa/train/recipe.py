@@ -90,8 +90,11 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return f
 
 
-def sample_layer(cfg: TrainConfig, step: int) -> int:
-    """The read layer for a step: seeded by (seed, step) alone, so ranks and resumes agree."""
+def sample_layer(cfg: TrainConfig, step: int) -> int | tuple[int, ...]:
+    """The read layer for a step: seeded by (seed, step) alone, so ranks and resumes agree.
+    With ``read_together`` every step reads them all: the tuple of ``read_layers``."""
+    if cfg.read_together:  # multi-layer reads
+        return tuple(cfg.read_layers)
     if len(cfg.read_layers) == 1:
         return cfg.read_layers[0]
     return random.Random(cfg.seed * 1_000_003 + step).choice(cfg.read_layers)
@@ -101,14 +104,17 @@ class DecoderLoss(torch.nn.Module):
     """The decoder's summed loss over a batch of rows, as a module so that DDP can wrap it
     (DDP synchronises the gradients of what runs inside its ``forward``)."""
 
-    def __init__(self, model, *, pad_id: int, write_layer: int, mode: str):
+    def __init__(self, model, *, pad_id: int, write_layer: int, mode: str,
+                 share_opening: bool = True):
         super().__init__()
         self.model = model
         self.pad_id, self.write_layer, self.mode = pad_id, write_layer, mode
+        self.share_opening = share_opening
 
     def forward(self, probes: list[list], vectors: list[torch.Tensor]):
         return rows_loss_sum(self.model, probes, vectors, pad_id=self.pad_id,
-                             write_layer=self.write_layer, mode=self.mode)
+                             write_layer=self.write_layer, mode=self.mode,
+                             share_opening=self.share_opening)
 
 
 class Recipe:
@@ -167,7 +173,8 @@ class Recipe:
         layer = cfg.read_layers[0] if layout.layer_prefix else None
         make = lambda data: LatentQADataset(data, tokenizer, layout=layout,  # noqa: E731
                                             supervise=cfg.supervise, layer=layer,
-                                            max_tokens=cfg.max_tokens)
+                                            max_tokens=cfg.max_tokens,
+                                            layers=_together(cfg))
         self.train_set, self.eval_set = make(self.train_data), make(self.eval_data)
         self.rows = LatentQARows(self.train_set, per_record=cfg.pack_questions)
         self.collate = Collator(tokenizer)
@@ -202,8 +209,9 @@ class Recipe:
             fsdp.shard(model, self.device, self.dist.world)
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # FSDP gathers a unit's weights for one forward and its backward: the body runs once
         loss = DecoderLoss(model, pad_id=pad_id(self.tokenizer), write_layer=cfg.write_layer,
-                           mode=cfg.injection)
+                           mode=cfg.injection, share_opening=not self.sharded)
         self.loss = loss if self.sharded else self.dist.wrap(loss)
         layout = LAYOUTS[cfg.layout]
         self.spec = DecoderSpec(
@@ -212,7 +220,7 @@ class Recipe:
             read_layer=cfg.read_layers[len(cfg.read_layers) // 2],
             read_layers=list(cfg.read_layers), write_layer=cfg.write_layer,
             injection=cfg.injection, layout=cfg.layout, placeholder=layout.placeholder,
-            supervise=cfg.supervise)
+            supervise=cfg.supervise, read_together=cfg.read_together)
         self.cache = None
         if cfg.activation_cache != "off":
             self.cache = ActivationCache(
@@ -320,7 +328,8 @@ class Recipe:
         conditions = ("real", "shuffled") if len(labels) > 1 else ("real",)
         totals = heldout_losses(
             self.model, self.eval_set, self.collate, idx[:n],
-            layer=cfg.read_layers[len(cfg.read_layers) // 2], write_layer=cfg.write_layer,
+            layer=_together(cfg) or cfg.read_layers[len(cfg.read_layers) // 2],
+            write_layer=cfg.write_layer,
             mode=cfg.injection, batch_size=cfg.batch_size, conditions=conditions,
             autocast=lambda: autocast(self.precision, self.device), device=self.device,
             rank=rank, world=world, seed=cfg.seed)
@@ -388,6 +397,11 @@ class Recipe:
         the files are those of an unsharded run."""
         return ckpt.Saveable(self.model, fsdp.full_weights(self.model, keep=self.dist.main)
                              if self.sharded else None)
+
+
+def _together(cfg: TrainConfig) -> tuple[int, ...] | None:
+    """Multi-layer reads: the layers every step reads at once, or None."""
+    return tuple(cfg.read_layers) if cfg.read_together else None
 
 
 def _labelled(rows: list[list]) -> int:
