@@ -90,3 +90,12 @@ def test_hygiene_that_would_leave_nothing_says_why(tiny_target):
     with pytest.raises(ConfigError, match="held_out_hygiene: every training record"):
         _data(tiny_target, data=same, eval_data=same)
     assert _data(tiny_target, data=same, eval_data=same, held_out_hygiene=False).rows.rows
+
+
+def test_train_labels_keeps_a_nested_share_of_training_labels(tiny_target):
+    full = set(_data(tiny_target).train_data.labels)
+    half = set(_data(tiny_target, train_labels=0.5).train_data.labels)
+    most = set(_data(tiny_target, train_labels=0.9).train_data.labels)
+    assert half <= most <= full and len(half) < len(full)
+    assert _data(tiny_target, train_labels=0.5).eval_data.labels == \
+        _data(tiny_target).eval_data.labels

@@ -35,6 +35,9 @@ class TrainConfig:
     eval_data: list[str] = field(default_factory=list)  # default: held-out labels of `data`
     held_out: float = 0.1  # fraction of labels held out for validation when eval_data is empty
     split_seed: int = 0
+    # keep this share of the training labels (seeded by label, so a smaller share is a subset
+    # of a larger one; held-out labels are untouched): the scaling study's data axis
+    train_labels: float = 1.0
     system_recovery: bool = True
     plain_share: float = 0.0  # share of pairs on plain-assistant dialogs (data/plain.py)
     system_swaps: int = 0  # per system record: its user turn under another prompt (data/swaps.py)
@@ -65,6 +68,10 @@ class TrainConfig:
     max_tokens: int = 1024  # longest target dialog or decoder prompt; longer records are skipped
     # where to read and write
     read_layers: list[int] = field(default_factory=lambda: [14])  # one sampled per step
+    # multi-layer reads: every step reads all of read_layers at once (one pass of the target),
+    # each layer's vectors in its own placeholder group after the text "Layer {l}:"; the
+    # decoder's sidecar records it, and reading, evaluation and steering read those layers
+    read_together: bool = False
     write_layer: int = 0
     injection: str = "replace"  # or "norm_add"
     layout: str = "paper"
@@ -311,6 +318,7 @@ def check_config(cfg: TrainConfig, *, check_paths: bool = True) -> None:
     need(cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}")
     need(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
     need(0 <= cfg.held_out < 1, f"held_out must be in [0, 1), got {cfg.held_out}")
+    need(0 < cfg.train_labels <= 1, f"train_labels must be in (0, 1], got {cfg.train_labels}")
     need(0 <= cfg.plain_share < 1, f"plain_share must be in [0, 1), got {cfg.plain_share}")
     need(cfg.system_swaps >= 0, f"system_swaps must be >= 0, got {cfg.system_swaps}")
     need(0 <= cfg.relation_share < 1,
@@ -342,6 +350,12 @@ def check_config(cfg: TrainConfig, *, check_paths: bool = True) -> None:
              "decoder directory written by latentqa train)")
         need(not cfg.full_finetune, "init_decoder works with LoRA, not full_finetune")
     need(cfg.read_layers, "read_layers: give at least one layer")
+    # read_together (multi-layer reads)
+    need(not cfg.read_together or (len(cfg.read_layers) >= 2 and min(cfg.read_layers) >= 0
+                                   and cfg.read_layers == sorted(set(cfg.read_layers))),
+         "read_together: read_layers must be two or more distinct block indices in increasing "
+         f"order, e.g. [7, 15, 22] (their probe groups are labelled and ordered by them); got "
+         f"{cfg.read_layers}")
     need(cfg.injection in ("replace", "norm_add"),
          f"injection must be 'replace' or 'norm_add', got {cfg.injection!r}")
     need(cfg.supervise in ("reply_and_answer", "answer"),

@@ -39,6 +39,7 @@ from ..data import (
     add_system_prompt_records,
     add_system_swaps,
     drop_held_out_overlap,
+    is_held_out,
     load_data,
     load_triples,
     split_by_label,
@@ -136,6 +137,9 @@ class Recipe:
             train, held_out = data, load_data(cfg.eval_data, system_recovery=cfg.system_recovery)
         else:
             train, held_out = split_by_label(data, held_out=cfg.held_out, seed=cfg.split_seed)
+        if cfg.train_labels < 1:
+            train = train.subset(lab for lab in train.labels
+                                 if is_held_out(lab, cfg.train_labels, seed=cfg.split_seed + 1))
         train = add_system_swaps(train, cfg.system_swaps, seed=cfg.seed)
         if cfg.system_prompt_data:
             train = add_system_prompt_records(
