@@ -12,7 +12,7 @@ from latentqa.train import ConfigError, TrainConfig, build_config
 from latentqa.train.config import read_config_file
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 FIXTURE = str(Path(__file__).parent / "fixtures" / "data" / "good")
 
 

@@ -1,0 +1,157 @@
+"""The scaling study: does the decoder read hidden system prompts better with more data, and
+which kind of data moves it?
+
+Each point of ``configs/scaling/`` trains a decoder from scratch for the same number of steps
+(about the same number of examples), the data growing from point to point: a quarter, half and
+all of the shared data's training labels, then + the unlabeled system prompts, then + the
+target's own replies. Every point is evaluated by the same command (``latentqa eval persona``
+on the shared data's held-out labels, all five conditions; its adapter-free conditions come
+from the evaluation cache after the first point), and its held-out loss along the run is in
+its ``metrics.jsonl`` (the examples-seen axis).
+
+Runs are long and may be interrupted: each step is resumable, so run the same command again.
+Training resumes from its last checkpoint; a finished point is not run again; the on-policy
+replies are (re)generated with ``latentqa data replies`` when missing.
+
+    python scripts/scaling_study.py                 # run (or continue) every point
+    python scripts/scaling_study.py --only labels-25,labels-50
+    python scripts/scaling_study.py --report        # table + plot from what has finished
+
+Writes ``runs/scaling/<point>/`` (outside git) and, with --report, ``docs/img/scaling.png``
+and a Markdown table on stdout (for docs/results.md and the model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+POINTS = ("labels-25", "labels-50", "labels-100", "unlabeled", "onpolicy")
+DATA = "../shared/data/latentqa"
+ONPOLICY = REPO.parent / "runs" / "onpolicy" / "labelled.jsonl"
+CONDITIONS = ("activations", "shuffled", "no_activations", "text_only", "untrained_decoder")
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def latentqa(*args: str) -> list[str]:
+    return [sys.executable, "-m", "latentqa.cli", *args]
+
+
+def out_dir(point: str) -> Path:
+    return REPO / "runs" / "scaling" / point
+
+
+def ensure_onpolicy() -> None:
+    if ONPOLICY.exists():
+        return
+    run(latentqa("data", "replies", "--data", *(f"{DATA}/{f}" for f in (
+        "system.json", "stimulus.json", "control.json", "qa.json")),
+        "--out", str(ONPOLICY), "--batch-size", "32", "--no-progress"))
+
+
+def run_point(point: str) -> None:
+    out = out_dir(point)
+    if point == "onpolicy":
+        ensure_onpolicy()
+    if not (out / "summary.json").exists():
+        run(latentqa("train", "--config", f"configs/scaling/{point}.yaml", "--resume"))
+    if not (out / "persona.json").exists():
+        run(latentqa("eval", "persona", "--data", DATA, "--decoder", str(out / "decoder"),
+                     "--json", str(out / "persona.json")))
+
+
+def curve(point: str) -> list[tuple[int, float, float]]:
+    """(step, held-out loss, shuffled) along a point's run, from its metrics.jsonl."""
+    rows = [json.loads(line) for line in
+            (out_dir(point) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [(m["step"], m["eval_loss"], m.get("eval_loss_shuffled")) for m in rows
+            if "eval_loss" in m]
+
+
+def results() -> dict:
+    out = {}
+    for point in POINTS:
+        path = out_dir(point) / "persona.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        summary = json.loads((out_dir(point) / "summary.json").read_text())
+        config = json.loads((out_dir(point) / "config.json").read_text())
+        system = r["by_data_type"]["system"]["conditions"]
+        out[point] = {"train_pairs": config["resolved"]["train_pairs"],
+                      "steps": summary["steps"],
+                      "overall": {c: r["conditions"][c]["accuracy"] for c in CONDITIONS
+                                  if c in r["conditions"]},
+                      "system": {c: system[c]["accuracy"] for c in CONDITIONS if c in system},
+                      "curve": curve(point)}
+    return out
+
+
+def report() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latentqa.files import save_figure
+
+    found = results()
+    if not found:
+        sys.exit("no point has finished yet")
+    print("| point | training pairs | system: activations | shuffled | no act. | text only "
+          "| overall: activations | shuffled | text only |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for point, r in found.items():
+        s, o = r["system"], r["overall"]
+        print(f"| {point} | {r['train_pairs']:,} | {s.get('activations', 0):.2f} | "
+              f"{s.get('shuffled', 0):.2f} | {s.get('no_activations', 0):.2f} | "
+              f"{s.get('text_only', 0):.2f} | {o.get('activations', 0):.3f} | "
+              f"{o.get('shuffled', 0):.3f} | {o.get('text_only', 0):.3f} |")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    names = list(found)
+    for ax, key, title in ((axes[0], "system", "held-out system records"),
+                           (axes[1], "overall", "all held-out records")):
+        for c in ("activations", "shuffled", "text_only"):
+            ax.plot(names, [found[p][key].get(c, float("nan")) for p in names], marker="o",
+                    label=c)
+        ax.set_title(title)
+        ax.set_ylabel("accuracy (5 choices)")
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", rotation=30)
+    axes[0].legend()
+    for point, r in found.items():  # the examples-seen axis: held-out loss along each run
+        steps = [s for s, _, _ in r["curve"]]
+        axes[2].plot(steps, [loss for _, loss, _ in r["curve"]], marker=".", label=point)
+    axes[2].set_title("held-out loss (real activations) along the run")
+    axes[2].set_xlabel("optimizer step (about nine examples each)")
+    axes[2].legend()
+    fig.tight_layout()
+    save_figure(fig, REPO / "docs" / "img" / "scaling.png")
+    print("wrote docs/img/scaling.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", help="comma-separated points (default: all, in order)")
+    ap.add_argument("--report", action="store_true", help="table and plot of finished points")
+    args = ap.parse_args()
+    if args.report:
+        return report()
+    points = args.only.split(",") if args.only else POINTS
+    unknown = set(points) - set(POINTS)
+    if unknown:
+        sys.exit(f"unknown points {sorted(unknown)}; choose from {', '.join(POINTS)}")
+    for point in points:
+        run_point(point)
+
+
+if __name__ == "__main__":
+    main()
