@@ -232,6 +232,9 @@ def folded_adapter(model: torch.nn.Module, *, max_share: float = 0.25):
 
 SIDECAR = "latentqa_decoder.json"
 SIDECAR_VERSION = 1
+# a decoder that reads several layers together says so with a newer format, so that a reader
+# which knows the field can refuse a format it does not know instead of reading one layer
+READ_TOGETHER_VERSION = 2
 
 
 @dataclass
@@ -251,6 +254,20 @@ class DecoderSpec:
     supervise: str = "reply_and_answer"
     extra: dict = field(default_factory=dict)  # training summary, data hashes, ...
     format_version: int = SIDECAR_VERSION
+    # true: the decoder reads every layer of ``read_layers`` at once, in that order, each
+    # layer's vectors in its own labelled group of placeholders (``data/layouts.py``);
+    # ``read_layer`` is then only what is shown as "the" read layer (the middle one)
+    read_together: bool = False
+
+    def __post_init__(self):
+        if self.read_together and self.format_version < READ_TOGETHER_VERSION:
+            self.format_version = READ_TOGETHER_VERSION
+
+    @property
+    def read_at(self) -> int | tuple[int, ...]:
+        """What the decoder reads by default: its read layer, or the tuple of layers it reads
+        together."""
+        return tuple(self.read_layers) if self.read_together else self.read_layer
 
     @classmethod
     def read(cls, directory: str | Path) -> "DecoderSpec":
@@ -267,6 +284,17 @@ class DecoderSpec:
             spec = cls(**{k: v for k, v in raw.items() if k in known})
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
             raise DecoderError(f"{path} is not a valid decoder sidecar: {e}") from None
+        if not isinstance(spec.format_version, int) or spec.format_version > \
+                READ_TOGETHER_VERSION:
+            raise DecoderError(f"{path} has format_version {spec.format_version!r}; this "
+                               f"latentqa reads versions up to {READ_TOGETHER_VERSION}: "
+                               "upgrade latentqa")
+        if spec.read_together and (
+                not isinstance(spec.read_layers, list) or not spec.read_layers
+                or not all(isinstance(k, int) and not isinstance(k, bool)
+                           for k in spec.read_layers)):
+            raise DecoderError(f"{path}: read_together needs read_layers, the layers read "
+                               f"together (a list of integers), got {spec.read_layers!r}")
         if (Path(directory) / ADAPTER_WEIGHTS).exists():  # the directory's weights read too
             check_adapter_weights(directory)
         return spec

@@ -5,6 +5,9 @@ are captured: the whole turns of the record's read messages, never a masked turn
 system prompt the template injects) and the decoder's probe, with one placeholder per read token.
 A ``Row`` is the same for every QA pair of one record: one read of the target, several probes
 (the trainer packs them into one decoder row, ``decoding.grouped_logprobs``).
+
+With ``layers`` (several layers read together) each probe has one labelled group of
+placeholders per layer, each as many as the read tokens (``probe.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class TargetInput:
 @dataclass
 class Example:
     target_input_ids: torch.Tensor  # long [T]
-    read_mask: torch.Tensor  # bool [T]; read_mask.sum() == placeholder_mask.sum()
+    read_mask: torch.Tensor  # bool [T]; read_mask.sum() x layers read == placeholder_mask.sum()
     decoder_input_ids: torch.Tensor  # long [D]
     placeholder_mask: torch.Tensor  # bool [D]
     labels: torch.Tensor  # long [D], -100 except on supervised tokens
@@ -58,24 +61,26 @@ def render_target(tokenizer, record: Record, *, max_tokens: int | None = None) -
 def build_example(tokenizer, record: Record, question: str, answer: str, *,
                   layout: ProbeLayout = PAPER_LAYOUT, supervise: str = "reply_and_answer",
                   layer: int | None = None, max_tokens: int | None = None,
-                  builder: ProbeBuilder | None = None) -> Example:
+                  builder: ProbeBuilder | None = None, layers=None) -> Example:
     """The example for one (record, QA) pair. Pass a ``builder`` to reuse probe work."""
     target = render_target(tokenizer, record, max_tokens=max_tokens)
     builder = builder or ProbeBuilder(tokenizer, layout, cache=False)
     probe = builder.build(int(target.read_mask.sum()), question, answer, supervise=supervise,
-                          layer=layer)
+                          layer=layer, layers=layers)
     return Example(target.input_ids, target.read_mask, probe.input_ids, probe.placeholder_mask,
                    probe.labels)
 
 
 class LatentQADataset(torch.utils.data.Dataset):
-    """Examples over ``data.pairs``, tokenized lazily; target renderings cached per record."""
+    """Examples over ``data.pairs``, tokenized lazily; target renderings cached per record.
+    ``layers``: the layers read together (probes with one placeholder group each)."""
 
     def __init__(self, data: LatentQAData, tokenizer, *, layout: ProbeLayout = PAPER_LAYOUT,
                  supervise: str = "reply_and_answer", layer: int | None = None,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, layers=None):
         self.data, self.tokenizer = data, tokenizer
         self.supervise, self.layer, self.max_tokens = supervise, layer, max_tokens
+        self.layers = None if layers is None else tuple(layers)
         self.builder = ProbeBuilder(tokenizer, layout)
         self._targets: dict[int, TargetInput] = {}
 
@@ -92,7 +97,8 @@ class LatentQADataset(torch.utils.data.Dataset):
         pair = self.data.pairs[i]
         target = self.target(pair.record)
         probe = self.builder.build(int(target.read_mask.sum()), pair.question, pair.answer,
-                                   supervise=self.supervise, layer=self.layer)
+                                   supervise=self.supervise, layer=self.layer,
+                                   layers=self.layers)
         return Example(target.input_ids, target.read_mask, probe.input_ids,
                        probe.placeholder_mask, probe.labels)
 
@@ -152,7 +158,7 @@ class LatentQARows(torch.utils.data.Dataset):
         target = ex.target(record)
         n = int(target.read_mask.sum())
         probes = [ex.builder.build(n, self.data.pairs[k].question, self.data.pairs[k].answer,
-                                   supervise=ex.supervise, layer=ex.layer)
+                                   supervise=ex.supervise, layer=ex.layer, layers=ex.layers)
                   for k in self.rows[i]]
         return Row(record, target.input_ids, target.read_mask, probes)
 

@@ -4,6 +4,14 @@ A layout turns (question, answer) into chat messages for the decoder, with ``PLA
 standing where the read activations will be written, and says which messages are supervised.
 Everything else (tokenizing, splicing placeholder ids, labels) is layout-independent
 (``probe.py``), so another layout is one more instance here.
+
+Layers read together (``read_together``): the one run of placeholders becomes one group per
+layer, in the order given (increasing depth), each group after the plain text
+``Layer {l}:`` and the groups separated by a newline (``layer_groups``), e.g. for the paper's
+layout ``Layer 7:???\nLayer 15:???\nLayer 22:???``. The labels are ordinary text, tokenized as
+such, so the decoder can tell the groups apart; each group has one placeholder per read token.
+A layout that names its read layer (``layer_prefix``) drops that prefix then: the groups name
+their layers.
 """
 
 from __future__ import annotations
@@ -15,6 +23,16 @@ from dataclasses import dataclass
 PLACEHOLDERS = "\ue00a" + "latentqa-placeholders" + "\ue00b"
 
 
+def group_label(layer: int) -> str:
+    """The text before a layer's placeholder group when several layers are read together."""
+    return f"Layer {layer}:"
+
+
+def layer_groups(layers) -> str:
+    """One labelled placeholder group per layer, in the order given, one per line."""
+    return "\n".join(group_label(layer) + PLACEHOLDERS for layer in layers)
+
+
 @dataclass(frozen=True)
 class ProbeLayout:
     name: str
@@ -23,16 +41,19 @@ class ProbeLayout:
     fixed_reply: str | None = None  # the decoder's first turn, before the question
     layer_prefix: bool = False  # "Layer: {l}" before the placeholders (needs the read layer)
 
-    def dialog(self, question: str, answer: str | None, layer: int | None = None):
-        """(messages, index of the fixed reply or None, index of the answer or None)."""
+    def dialog(self, question: str, answer: str | None, layer: int | None = None,
+               layers=None):
+        """(messages, index of the fixed reply or None, index of the answer or None).
+        ``layers``: the layers read together, one labelled placeholder group each."""
+        run = PLACEHOLDERS if layers is None else layer_groups(layers)
         if self.fixed_reply is not None:  # the paper: placeholders get a turn of their own
-            messages = [{"role": "user", "content": PLACEHOLDERS},
+            messages = [{"role": "user", "content": run},
                         {"role": self.reply_role, "content": self.fixed_reply},
                         {"role": "user", "content": question}]
             reply = 1
         else:
-            messages = [{"role": "user", "content": self._prefix(layer) + PLACEHOLDERS + " \n"
-                         + question}]
+            prefix = self._prefix(layer) if layers is None else ""  # the groups name theirs
+            messages = [{"role": "user", "content": prefix + run + " \n" + question}]
             reply = None
         if answer is None:
             return messages, reply, None

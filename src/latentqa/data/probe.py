@@ -5,6 +5,10 @@ the text is then tokenized in pieces cut at the sentinel and at the supervised s
 sentinel's piece is replaced by one placeholder id per read activation. Building the ids
 directly means the count is exact whatever the tokenizer does to "? ? ?", and cutting at the
 answer's start makes the generation prompt an exact prefix of the training sequence.
+
+With ``layers`` (several layers read together) the layout holds one sentinel per layer, each
+after its label (``layouts.layer_groups``); each becomes N placeholder ids, so the probe has
+len(layers) x N placeholders, group by group, matching vectors concatenated in layer order.
 """
 
 from __future__ import annotations
@@ -51,17 +55,24 @@ class ProbeBuilder:
         self._cache: dict | None = {} if cache else None
 
     def build(self, num_placeholders: int, question: str, answer: str | None = None, *,
-              supervise: str = "reply_and_answer", layer: int | None = None) -> Probe:
+              supervise: str = "reply_and_answer", layer: int | None = None,
+              layers=None) -> Probe:
         """The probe for N read activations; with ``answer=None`` it ends in the decoder's
-        generation prompt (for reading), with an answer it is a training or scoring sequence."""
+        generation prompt (for reading), with an answer it is a training or scoring sequence.
+        ``layers``: the layers read together, one labelled group of N placeholders each."""
         if supervise not in SUPERVISE:
             raise ValueError(f"supervise must be one of {SUPERVISE}, got {supervise!r}")
         if num_placeholders < 1:
             raise ValueError("a probe needs at least one placeholder (nothing was read)")
-        key = (question, answer, supervise, layer)
+        if layers is not None:
+            layers = tuple(layers)
+            if not layers:
+                raise ValueError("layers: give at least one layer (or None for one run)")
+        key = (question, answer, supervise, layer) if layers is None else \
+            (question, answer, supervise, layer, layers)
         pieces = self._cache.get(key) if self._cache is not None else None
         if pieces is None:
-            pieces = self._pieces(question, answer, supervise, layer)
+            pieces = self._pieces(question, answer, supervise, layer, layers)
             if self._cache is not None:
                 self._cache[key] = pieces
         ids, placeholder, labels = [], [], []
@@ -74,11 +85,16 @@ class ProbeBuilder:
         probe = Probe(torch.tensor(ids, dtype=torch.long),
                       torch.tensor(placeholder, dtype=torch.bool),
                       torch.tensor(labels, dtype=torch.long))
-        assert int(probe.placeholder_mask.sum()) == num_placeholders
+        groups = 1 if layers is None else len(layers)
+        assert int(probe.placeholder_mask.sum()) == num_placeholders * groups
         return probe
 
-    def _pieces(self, question, answer, supervise, layer) -> list[tuple[str, list[int]]]:
-        messages, reply, answer_at = self.layout.dialog(question, answer, layer)
+    def _pieces(self, question, answer, supervise, layer,
+                layers=None) -> list[tuple[str, list[int]]]:
+        if layers is None:  # the call of a single run, as it always was
+            messages, reply, answer_at = self.layout.dialog(question, answer, layer)
+        else:
+            messages, reply, answer_at = self.layout.dialog(question, answer, layer, layers)
         if answer is None:  # render a stand-in answer turn and cut where its content starts
             messages.append({"role": self.layout.reply_role, "content": _GENERATE})
         rendered = render_dialog(self.tokenizer, messages)
@@ -87,25 +103,33 @@ class ProbeBuilder:
         supervised = [m for m in (answer_at, reply if supervise == "reply_and_answer" else None)
                       if m is not None]
         spans = [(rendered.char_spans[m][0], _turn_end(rendered, m)) for m in supervised]
-        start = text.index(PLACEHOLDERS)
-        spans.append((start, start + len(PLACEHOLDERS)))
-        cuts = sorted({0, end, *[c for span in spans for c in span if c <= end]})
+        starts = _occurrences(text, PLACEHOLDERS)  # one per group: one without ``layers``
+        cuts = sorted({0, end, *[c for span in spans for c in span if c <= end],
+                       *[c for s in starts for c in (s, s + len(PLACEHOLDERS)) if c <= end]})
         pieces = []
         for a, b in zip(cuts, cuts[1:]):
-            if a == start:
+            if a in starts:
                 pieces.append(("placeholders", []))
                 continue
-            kind = "supervised" if any(s <= a and b <= e for s, e in spans[:-1]) else "text"
+            kind = "supervised" if any(s <= a and b <= e for s, e in spans) else "text"
             pieces.append((kind, self.tokenizer(text[a:b], add_special_tokens=False)["input_ids"]))
         return pieces
 
 
+def _occurrences(text: str, sentinel: str) -> list[int]:
+    """Where each ``sentinel`` starts in ``text``, in order (at least one)."""
+    found = [text.index(sentinel)]
+    while (at := text.find(sentinel, found[-1] + len(sentinel))) >= 0:
+        found.append(at)
+    return found
+
+
 def build_probe(tokenizer, num_placeholders: int, question: str, answer: str | None = None, *,
                 layout: ProbeLayout = PAPER_LAYOUT, supervise: str = "reply_and_answer",
-                layer: int | None = None) -> Probe:
+                layer: int | None = None, layers=None) -> Probe:
     """One probe; see ``ProbeBuilder.build`` (use a builder to reuse work across calls)."""
     return ProbeBuilder(tokenizer, layout, cache=False).build(
-        num_placeholders, question, answer, supervise=supervise, layer=layer)
+        num_placeholders, question, answer, supervise=supervise, layer=layer, layers=layers)
 
 
 def pad_probes(probes, pad_id: int, side: str):

@@ -67,14 +67,15 @@ def cmd_heldout(args) -> int:
     data = load_data(args.data, system_recovery=spec.extra.get("system_recovery", True))
     if args.split == "held-out":
         data = _held_out(data, spec, args, args.data)
-    dataset = LatentQADataset(data, reader.tokenizer, supervise=spec.supervise)
+    dataset = LatentQADataset(data, reader.tokenizer, supervise=spec.supervise,
+                              layers=reader.read_at if spec.read_together else None)
     idx = list(range(len(dataset)))
     random.Random(args.seed).shuffle(idx)
     if args.examples:
         idx = idx[: args.examples]
     idx.sort(key=lambda i: dataset.lengths[i])  # similar lengths batch with little padding
     totals = heldout_losses(reader.model, dataset, Collator(reader.tokenizer), idx,
-                            layer=spec.read_layer, write_layer=spec.write_layer,
+                            layer=reader.read_at, write_layer=spec.write_layer,
                             mode=spec.injection, batch_size=args.batch_size,
                             conditions=CONDITIONS, seed=args.seed)
     result = {"kind": "heldout", "decoder": reader.decoder_path, "pairs": len(idx),
@@ -418,8 +419,11 @@ def cmd_relations(args) -> int:
     for rel in relations:
         rel.facts = limit_facts(rel.facts, args.limit, args.seed)
     reader = load(args.decoder, batch_size=args.batch_size)
-    layers = parse_layers(args.layers) if args.layers else [reader.spec.read_layer]
-    for layer in layers:
+    if reader.spec.read_together and args.layers:
+        raise UsageError(f"--layers: this decoder reads layers {list(reader.read_at)} together; "
+                         "leave --layers out")
+    layers = parse_layers(args.layers) if args.layers else [reader.read_at]
+    for layer in layers if not reader.spec.read_together else ():
         reader.info.check_layer(layer, "read layer")
     # zero-shot or not: a decoder trained on relation files of the same name has seen them
     trained = set((reader.spec.extra or {}).get("trained_relations") or ())
@@ -548,12 +552,16 @@ def cmd_classification(args) -> int:
     return finish(result, print_classification, args.json, kind="classification",
                   decoder=reader.decoder_path, split="held-out", held_out=HELD_OUT,
                   read_layer=reader.spec.read_layer, sets=[s.name for s in sets],
+                  **({"read_layers": list(reader.read_at)} if reader.spec.read_together
+                     else {}),
                   limit=args.limit, seed=args.seed, max_new_tokens=MAX_NEW_TOKENS)
 
 
 def print_classification(result: dict) -> None:
+    where = (f"layers {', '.join(map(str, result['read_layers']))} together"
+             if result.get("read_layers") else f"layer {result['read_layer']}")
     print(f"{result['n']} held-out items from {len(result['by_set'])} set(s), Yes and No "
-          f"balanced (chance 0.5); one vector at the last token, layer {result['read_layer']}")
+          f"balanced (chance 0.5); one vector at the last token, {where}")
     pvals = result.get("mcnemar_p_vs_activations", {})
     for c, s in result["conditions"].items():
         p = f"  McNemar p vs activations {pvals[c]:.2g}" if c in pvals else ""

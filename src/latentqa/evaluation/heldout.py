@@ -4,7 +4,8 @@ Conditions, on the same examples and labelled tokens:
   real       the record's own activations
   shuffled   the activations of an example with another label (the one shuffled-donor rule,
              ``latentqa.controls``, over all the examples evaluated), cut or cycled to the
-             example's placeholder count; every example is scored under every condition
+             example's placeholder count (layer group by layer group when several layers
+             are read together); every example is scored under every condition
   untrained  the record's activations, read by the model with its adapter off (the base model
              reading patched activations: Patchscope/SelfIE style)
 """
@@ -17,7 +18,7 @@ import torch
 
 from ..controls import shuffled_donors
 from ..decoder import as_target
-from ..decoding import decoder_loss_sum, read_activations
+from ..decoding import decoder_loss_sum, read_activations, split_layers
 
 CONDITIONS = ("real", "shuffled", "untrained")
 
@@ -28,14 +29,23 @@ def fit_rows(v: torch.Tensor, n: int) -> torch.Tensor:
     return v.repeat(reps, 1)[:n]
 
 
+def fit_groups(v: torch.Tensor, n: int, groups: int) -> torch.Tensor:
+    """``fit_rows`` for each layer's group of ``groups`` layers read together: ``n`` rows
+    per layer, one layer after another."""
+    if groups == 1:
+        return fit_rows(v, n)
+    return torch.cat([fit_rows(g, n) for g in split_layers(v, groups)])
+
+
 @torch.no_grad()
-def heldout_losses(model, dataset, collate, indices, *, layer: int, write_layer: int,
+def heldout_losses(model, dataset, collate, indices, *, layer, write_layer: int,
                    mode: str = "replace", batch_size: int = 8,
                    conditions=("real", "shuffled"), autocast=contextlib.nullcontext,
                    device="cpu", rank: int = 0, world: int = 1, seed: int = 0) -> torch.Tensor:
     """Summed loss and token count per condition: a float64 tensor [len(conditions), 2].
 
-    Each rank takes every ``world``-th batch; the caller sums across ranks.
+    Each rank takes every ``world``-th batch; the caller sums across ranks. ``layer``: one
+    layer, or a tuple of layers read together (the dataset's probes must have their groups).
     """
     unknown = set(conditions) - set(CONDITIONS)
     if unknown:
@@ -62,7 +72,8 @@ def heldout_losses(model, dataset, collate, indices, *, layer: int, write_layer:
             for c, condition in enumerate(conditions):
                 if condition == "shuffled":
                     _, given = read([indices[d] for d in donors[start:start + len(chunk)]])
-                    injected = [fit_rows(v, int(m.sum()))
+                    groups = 1 if isinstance(layer, int) else len(layer)
+                    injected = [fit_groups(v, int(m.sum()) // groups, groups)
                                 for v, m in zip(given, batch["placeholder_mask"])]
                 else:
                     injected = vectors

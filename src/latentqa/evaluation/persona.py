@@ -139,7 +139,7 @@ class PersonaEval:
             ids, attn, mask = pad_tokens(
                 [(targets[r].input_ids, targets[r].read_mask) for r in chunk], self.reader.pad_id)
             for r, v in zip(chunk, read_activations(self.model, ids, attn, mask,
-                                                    self.spec.read_layer)):
+                                                    self.reader.read_at)):
                 out[r] = v
         return out
 
@@ -150,7 +150,7 @@ class PersonaEval:
             return Group([text_probe(self.tokenizer, record, item.question, cand)
                           for cand in item.candidates]), False
         source = acts[donor] if condition == "shuffled" else acts[item.record]
-        probes = [self.reader.probe(len(source), item.question, cand)
+        probes = [self.reader.probe(len(source) // self._groups(), item.question, cand)
                   for cand in item.candidates]
         vectors = None if condition == "no_activations" else source
         return Group(probes, vectors), condition != "untrained_decoder"
@@ -229,8 +229,9 @@ class PersonaEval:
         if cache is None:
             return self.activations(data, records), "computed"
         targets = self.targets(data, records)
-        counts = {r: int(t.read_mask.sum()) for r, t in targets.items()}
+        counts = {r: int(t.read_mask.sum()) * self._groups() for r, t in targets.items()}
         fields = {"eval": "persona", "what": "activations", "read_layer": self.spec.read_layer,
+                  **self._together(),
                   "records": records, "base_model": self.base_fingerprint(),
                   "target": self.spec.target, **environment(self.model),
                   "inputs": tensor_digest([t for r in records for t in
@@ -250,6 +251,16 @@ class PersonaEval:
                                    {str(r): v for r, v in acts.items()})
         return acts, "saved" if saved is not None else "computed"
 
+    def _groups(self) -> int:
+        """Placeholder groups per probe: the layers the decoder reads together, or 1."""
+        together = getattr(self.spec, "read_together", False)
+        return len(self.spec.read_layers) if together else 1
+
+    def _together(self) -> dict:
+        """Cache-key fields of a decoder that reads layers together (none otherwise, so a
+        one-layer decoder's keys stay what they were)."""
+        return {"read_layers": list(self.reader.read_at)} if self._groups() > 1 else {}
+
     def base_fingerprint(self) -> str:
         if getattr(self, "_base", None) is None:
             self._base = base_fingerprint(self.model)
@@ -263,7 +274,8 @@ class PersonaEval:
         records = sorted({i.record for i in items})
         targets = self.targets(data, records)
         # the probes depend on the read count only: build them as ``group`` does
-        counts = {r: torch.empty(int(t.read_mask.sum()), 0) for r, t in targets.items()}
+        counts = {r: torch.empty(int(t.read_mask.sum()) * self._groups(), 0)
+                  for r, t in targets.items()}
         probes = [p for item in items
                   for p in self.group(item, condition, counts, item.record, data)[0].probes]
         tensors = [t for p in probes for t in (p.input_ids, p.placeholder_mask, p.labels)]
@@ -274,7 +286,7 @@ class PersonaEval:
                                                      targets[r].read_mask)]
             fields.update(read_layer=self.spec.read_layer, write_layer=self.spec.write_layer,
                           injection=self.spec.injection, layout=self.spec.layout,
-                          placeholder=self.spec.placeholder)
+                          placeholder=self.spec.placeholder, **self._together())
         fields.update(base_model=self.base_fingerprint(), target=self.spec.target,
                       inputs=tensor_digest(tensors), **environment(self.model))
         return fields

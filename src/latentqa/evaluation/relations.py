@@ -41,6 +41,7 @@ from ..chat import render_dialog
 from ..controls import shuffled_donors
 from ..data.errors import DataError, Problem
 from ..decoder import as_target
+from ..decoding import split_layers
 from ..files import files_in
 from ..selection import Read
 from ..stats import mcnemar_exact, summarize
@@ -259,6 +260,12 @@ def fact_donors(facts: list[Fact], seed: int) -> list[int]:
                            names=[f"{f.where} ({f.subject} -> {f.object})" for f in facts])
 
 
+def layer_key(layer) -> str:
+    """A result's name for what was read: ``"15"``, or ``"7+15+22"`` for layers read
+    together."""
+    return str(layer) if isinstance(layer, int) else "+".join(map(str, layer))
+
+
 def features(vectors: list[torch.Tensor]) -> torch.Tensor:
     """One vector per fact for the probe: the read token, or the mean over the subject."""
     return torch.stack([v.float().mean(0) for v in vectors]).cpu()
@@ -330,7 +337,7 @@ class RelationsEval:
             outcomes["text_only"] = [it["correct"]["text_only"] for it in items]
             probe_pred = self._probe(facts, reads, dialogs, is_test, layer)
             for k, item in enumerate(items):
-                key = str(layer)
+                key = layer_key(layer)
                 item["answers"][key] = {c: answers[c][k] for c in GENERATED}
                 item["correct"][key] = {c: outcomes[c][k] for c in GENERATED}
                 if probe_pred[k] is not None:
@@ -339,7 +346,7 @@ class RelationsEval:
             ordered = {c: outcomes[c] for c in CONDITIONS if c in outcomes}
             test_outcomes = dict(ordered, linear_probe=[p == f.object for p, f in
                                                         zip(probe_pred, facts)])
-            per_layer[str(layer)] = {"all": compare(ordered, [True] * len(facts)),
+            per_layer[layer_key(layer)] = {"all": compare(ordered, [True] * len(facts)),
                                      "test": compare(test_outcomes, is_test)}
         test_subjects = {f.subject for f, t in zip(facts, is_test) if t}
         return {
@@ -352,7 +359,10 @@ class RelationsEval:
 
     def _probe(self, facts, reads, dialogs, is_test, layer) -> list[str | None]:
         """The probe's prediction for each test fact (None for training facts)."""
-        x = features(self.reader.activations(dialogs, read=reads, layer=layer))
+        vectors = self.reader.activations(dialogs, read=reads, layer=layer)
+        x = features(vectors) if isinstance(layer, int) else torch.stack(
+            [torch.cat([g.float().mean(0) for g in split_layers(v, len(layer))])
+             for v in vectors]).cpu()  # layers read together: each layer's mean, side by side
         train = [i for i, t in enumerate(is_test) if not t]
         test = [i for i, t in enumerate(is_test) if t]
         out: list[str | None] = [None] * len(facts)
@@ -366,7 +376,8 @@ class RelationsEval:
     def run(self, relations: list[Relation], layers: list[int]) -> dict:
         started = time.time()
         results = {r.name: self.run_relation(r, layers) for r in relations}
-        return {"kind": "relations", "read": self.read, "layers": list(layers),
+        return {"kind": "relations", "read": self.read,
+                "layers": [k if isinstance(k, int) else layer_key(k) for k in layers],
                 "seed": self.seed, "test_fraction": self.test_fraction,
                 "scored_tokens": SCORED_TOKENS, "conditions": list(CONDITIONS),
                 "relations": results, "mean": macro_means(results, layers),
@@ -377,7 +388,7 @@ def macro_means(results: dict, layers) -> dict:
     """Per layer and subset, the mean over relations of each condition's accuracy (the paper
     reports this mean), plus ``"over_layers"``: that mean averaged over the read layers."""
     out = {}
-    for layer in map(str, layers):
+    for layer in map(layer_key, layers):
         out[layer] = {}
         for subset in ("all", "test"):
             accs = defaultdict(list)

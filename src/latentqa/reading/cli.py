@@ -42,7 +42,8 @@ def add_decoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layout", help="probe layout of a decoder without a sidecar: paper, "
                                     "activation_oracles")
     g.add_argument("--layer", "--read-layer", dest="layer", type=int,
-                   help="read the target after this block (default: the decoder's)")
+                   help="read the target after this block (default: the decoder's; not for "
+                        "a decoder that reads several layers together)")
     g.add_argument("--write-layer", type=int, help="inject after this block (default: the "
                                                    "decoder's)")
     g.add_argument("--injection", choices=INJECTION_MODES)

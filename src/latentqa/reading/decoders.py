@@ -62,6 +62,11 @@ def resolve_decoder(decoder=None, *, preset: str | None = None, layout: str | No
         except ValueError as e:
             raise DecoderError(str(e)) from None
         options.pop("target", None)  # a preset never overrides what the decoder says it is
+        if spec.read_together and read_layer is not None:
+            raise DecoderError(
+                f"the decoder at {path} reads layers {spec.read_layers} together (one "
+                "placeholder group each); a single read layer cannot stand in for them: leave "
+                "--layer / read_layer unset")
     else:
         missing = [k for k in ("layout", "read_layer", "write_layer") if k not in options]
         if missing:

@@ -34,8 +34,10 @@ def run_demo(lqa, *, max_new_tokens: int = 48, control=None, out=print) -> dict:
     candidates = [c.description for c in cases] + [DISTRACTOR]
     real = lqa.score(dialogs, DESCRIBE, candidates)
     shuffled = lqa.score(dialogs, DESCRIBE, candidates, control="shuffled")
+    read = (f"blocks {', '.join(map(str, lqa.spec.read_layers))} together"
+            if lqa.spec.read_together else f"block {lqa.spec.read_layer}")
     out(f"latentqa demo: target {lqa.spec.target}, decoder {lqa.decoder_path}, read after "
-        f"block {lqa.spec.read_layer}, write after block {lqa.spec.write_layer}")
+        f"{read}, write after block {lqa.spec.write_layer}")
     out("The decoder reads the user turn and the reply, never the system prompt.\n")
     report = []
     for i, case in enumerate(cases):

@@ -9,6 +9,13 @@ the target reads a batch of dialogs in one pass; every dialog x question (x cand
 one decoder row; rows are sorted by length so padding stays small, left-padded for generation
 (the KV cache is reused and the activations are injected on the prompt pass only) and
 right-padded for scoring.
+
+A decoder trained with ``read_together`` (its sidecar says so) reads all of its ``read_layers``
+in one pass of the target; each dialog's vectors are then those layers' vectors one after
+another (``[layers x n, H]``), and each probe has one labelled group of n placeholders per
+layer. Everything below goes through ``probe``, ``_layer`` and ``count``, so asking, scoring and
+the controls (shuffled: another dialog's vectors, every layer; none: the same groups, nothing
+written) work the same for both kinds.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ def load(decoder=None, target: str | None = None, *, preset: str | None = None,
     info = config_info(load_config(target, trust_remote_code=trust_remote_code))
     check_compatible(resolved, target, info, check_name=not allow_other_target)
     info.check_layer(resolved.spec.read_layer, "read layer")
+    for layer in resolved.spec.read_layers if resolved.spec.read_together else ():
+        info.check_layer(layer, "read layer")
     info.check_layer(resolved.spec.write_layer, "write layer")
     loaded = load_model(target, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     try:
@@ -80,8 +89,10 @@ class Reader:
         self.pad_id = pad_id(tokenizer)
 
     def __repr__(self) -> str:
+        read = (f"read_layers={list(self.spec.read_layers)} (together)"
+                if self.spec.read_together else f"read_layer={self.spec.read_layer}")
         return (f"Reader(target={self.spec.target!r}, decoder={self.decoder_path!r}, "
-                f"read_layer={self.spec.read_layer}, write_layer={self.spec.write_layer})")
+                f"{read}, write_layer={self.spec.write_layer})")
 
     # ---- public API -------------------------------------------------------------------
 
@@ -181,7 +192,9 @@ class Reader:
 
     @torch.no_grad()
     def activations(self, dialogs, *, read=None, layer: int | None = None) -> list[torch.Tensor]:
-        """The target's residual stream after the read layer at the read tokens, per dialog."""
+        """The target's residual stream after the read layer at the read tokens, per dialog
+        (a decoder that reads layers together: those layers' vectors one after another,
+        ``[layers x n, H]``; ``decoding.split_layers`` splits them)."""
         dialogs, _ = as_dialogs(dialogs)
         return self._read(dialogs, self._reads(read, len(dialogs)), self._layer(layer))
 
@@ -239,17 +252,41 @@ class Reader:
         return [(self.tokenizer.decode(kept, skip_special_tokens=True), len(kept), ended)
                 for kept, ended in got]
 
+    @property
+    def read_at(self) -> int | tuple[int, ...]:
+        """What ``layer=None`` reads: the decoder's read layer, or the tuple of layers it reads
+        together."""
+        return self._layer(None)
+
+    @property
+    def groups(self) -> int:
+        """Placeholder groups per probe: the layers read together, or 1."""
+        return len(self.spec.read_layers) if self.spec.read_together else 1
+
+    def count(self, vectors) -> int:
+        """How many tokens one dialog's ``vectors`` hold (rows over the layers read together):
+        the ``count`` its ``probe`` takes."""
+        return len(vectors) // self.groups
+
     def probe(self, count: int, question: str, answer: str | None = None,
               layer: int | None = None):
-        """The decoder's prompt for ``count`` read activations and a question (and a candidate
-        answer, supervised, when given), checked against the model's context."""
-        probe = self.builder.build(count, question, answer, supervise="answer",
-                                   layer=self._layer(layer) if self.layout.layer_prefix else None)
+        """The decoder's prompt for ``count`` read tokens and a question (and a candidate
+        answer, supervised, when given), checked against the model's context. A decoder that
+        reads layers together gets one labelled group of ``count`` placeholders per layer."""
+        if self.spec.read_together:
+            probe = self.builder.build(count, question, answer, supervise="answer",
+                                       layers=self._layer(layer))
+        else:
+            probe = self.builder.build(
+                count, question, answer, supervise="answer",
+                layer=self._layer(layer) if self.layout.layer_prefix else None)
         limit = self.info.max_positions
         if limit is not None and len(probe.input_ids) > limit:
+            groups = f" x {self.groups} layers" if self.groups > 1 else ""
             raise DialogTooLongError(
                 f"the decoder's prompt is {len(probe.input_ids)} tokens ({count} read "
-                f"activations, the question{'' if answer is None else ' and a candidate'}), "
+                f"activations{groups}, the question"
+                f"{'' if answer is None else ' and a candidate'}), "
                 f"more than the model's context of {limit} tokens; shorten the question or "
                 "read fewer tokens")
         return probe
@@ -260,8 +297,21 @@ class Reader:
     def _device(self):
         return next(self.model.parameters()).device
 
-    def _layer(self, layer) -> int:
+    def _layer(self, layer) -> int | tuple[int, ...]:
+        """The layer to read (checked), or for a decoder that reads layers together the tuple
+        of them: its own by default, or as many others given as a list."""
+        if self.spec.read_together:
+            layers = list(self.spec.read_layers) if layer is None else layer
+            if isinstance(layers, int) or len(layers) != len(self.spec.read_layers):
+                raise ReadingError(
+                    f"this decoder reads layers {list(self.spec.read_layers)} together (one "
+                    f"placeholder group each): give no layer, or a list of "
+                    f"{len(self.spec.read_layers)} layers, not {layer!r}")
+            return tuple(self.info.check_layer(k, "read layer") for k in layers)
         layer = self.spec.read_layer if layer is None else layer
+        if isinstance(layer, (list, tuple)):
+            raise ReadingError(f"this decoder reads one layer (it was not trained with "
+                               f"read_together); give one layer, not {list(layer)}")
         return self.info.check_layer(layer, "read layer")
 
     def _reads(self, read, n: int) -> list[Read]:
@@ -289,7 +339,8 @@ class Reader:
             else:
                 neutral = self._read(NEUTRAL_DIALOGS, [Read()] * len(NEUTRAL_DIALOGS), layer)
                 vectors = [neutral[i % len(neutral)] for i in range(len(dialogs))]
-        return [len(v) for v in vectors], vectors, mode
+        groups = 1 if isinstance(layer, int) else len(layer)  # layers read together
+        return [len(v) // groups for v in vectors], vectors, mode
 
     def _render(self, dialog, read: Read):
         rendered, mask = render_read(self.tokenizer, dialog, read,

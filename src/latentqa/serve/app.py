@@ -125,7 +125,12 @@ def create_app(reader, *, limits: Limits | None = None, token: str | None = None
         except ReadingError as e:
             raise ApiError(422, str(e), param="read") from None
 
-    def layer_of(value) -> int:
+    def layer_of(value) -> int | None:
+        if reader.spec.read_together:  # None: the reader reads its layers together
+            if value is not None:
+                raise ApiError(422, f"this decoder reads layers {list(reader.read_at)} "
+                               "together; leave layer out", param="layer")
+            return None
         try:
             return reader.info.check_layer(reader.spec.read_layer if value is None else value,
                                            "layer")
@@ -140,7 +145,7 @@ def create_app(reader, *, limits: Limits | None = None, token: str | None = None
 
     def reading_info(req, read, layer, read_tokens) -> dict:
         return {"control": req.control, "read": read.describe(), "read_tokens": read_tokens,
-                "layer": layer}
+                "layer": layer, "layers": list(reader.read_at) if layer is None else [layer]}
 
     # ---- the page and health ----------------------------------------------------------------
 
@@ -157,6 +162,8 @@ def create_app(reader, *, limits: Limits | None = None, token: str | None = None
         return {"version": __version__, "target": str(reader.spec.target),
                 "decoder": str(getattr(reader, "decoder_path", "")),
                 "read_layer": reader.spec.read_layer, "write_layer": reader.spec.write_layer,
+                "read_layers": list(reader.read_at) if reader.spec.read_together
+                else [reader.spec.read_layer], "read_together": reader.spec.read_together,
                 "num_blocks": info.num_blocks, "hidden_size": info.hidden_size,
                 "max_positions": info.max_positions, "queued": worker.pending(),
                 "adapters": adapters.names(), "steering": steering.available,

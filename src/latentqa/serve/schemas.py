@@ -45,7 +45,8 @@ class _Reading(_Strict):
                                     description="the dialog the target runs on")
     read: str | list[int] | None = Field(None, description=READ_HELP)
     layer: int | None = Field(None, description="read after this block (default: the "
-                                                "decoder's read layer)")
+                                                "decoder's read layer; a decoder that reads "
+                                                "several layers together takes none)")
     control: Control | None = Field(None, description=CONTROL_HELP)
     injection: Injection | None = Field(None, description="default: the decoder's")
 
@@ -69,7 +70,9 @@ class _ReadingInfo(BaseModel):
     control: Control | None
     read: str = Field(description="what was read, in words")
     read_tokens: int = Field(description="how many of the dialog's tokens were read")
-    layer: int
+    layer: int | None = Field(description="the block read after (null when several are read "
+                                          "together)")
+    layers: list[int] = Field(description="every block read, in probe order")
 
 
 class ReadResponse(_ReadingInfo):
@@ -235,6 +238,9 @@ class Health(BaseModel):
     decoder: str
     read_layer: int
     write_layer: int
+    read_layers: list[int] = Field(description="the blocks read by default, in probe order")
+    read_together: bool = Field(description="whether the decoder reads several blocks at "
+                                            "once, each in its own placeholder group")
     num_blocks: int
     hidden_size: int
     max_positions: int | None

@@ -38,6 +38,8 @@ class SteerSpec:
     steps: int
     per_layer: bool = False
     extra: dict = field(default_factory=dict)
+    # a decoder that reads layers together: those layers (read_layer is the deepest)
+    read_layers: list[int] = field(default_factory=list)
 
     @classmethod
     def read(cls, directory) -> "SteerSpec":

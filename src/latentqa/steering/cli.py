@@ -99,6 +99,9 @@ def cmd_steer(args) -> int:
         load_control(args.control)  # a bad file fails before the model loads
     out = Path(args.out)
     reader = load(args.decoder, args.target)
+    if args.per_layer and reader.spec.read_together:  # before the control reads anything
+        raise UsageError(f"--per-layer decodes one block at a time, but this decoder reads "
+                         f"layers {list(reader.spec.read_layers)} together; leave it out")
     control = load_control(args.control, reader, prompts)
     cfg = SteerConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                       lora_r=args.lora_r, lora_alpha=2 * args.lora_r, per_layer=args.per_layer,
@@ -125,6 +128,7 @@ def cmd_steer(args) -> int:
         model.delete_adapter(STEER_ADAPTER)
     summary = {"control": control.instruction or control.source, "target": reader.spec.target,
                "decoder": reader.decoder_path, "read_layer": reader.spec.read_layer,
+               **({"read_layers": list(reader.read_at)} if reader.spec.read_together else {}),
                "steps": cfg.steps, "per_layer": cfg.per_layer, "seconds": result.seconds,
                "first_loss": result.losses[0], "final_loss": result.losses[-1],
                "losses": result.losses, "fluency_kl": result.fluency_kl,

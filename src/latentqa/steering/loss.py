@@ -25,7 +25,8 @@ def answer_logprob(reader, vectors: list[torch.Tensor], questions: list[str],
                          f"{len(answers)} answers; give one of each per example")
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
-    probes = [reader.probe(len(v), q, a) for v, q, a in zip(vectors, questions, answers)]
+    # a decoder that reads layers together takes each example's layers one after another
+    probes = [reader.probe(reader.count(v), q, a) for v, q, a in zip(vectors, questions, answers)]
     device = vectors[0].device
     ids, attn, ph, labels = (t.to(device) for t in pad_probes(probes, reader.pad_id, "right"))
     logp, pos = labelled_logprobs(

@@ -62,8 +62,10 @@ def _ci(d):
 
 def markdown(summary: dict, m: dict) -> str:
     lines = [f"# Steering run: {summary['control']}", "",
-             f"Target `{summary['target']}`, decoder `{summary['decoder']}`, read layer "
-             f"{summary['read_layer']}, {summary['steps']} steps"
+             f"Target `{summary['target']}`, decoder `{summary['decoder']}`, "
+             + (f"read layers {', '.join(map(str, summary['read_layers']))} together"
+                if summary.get("read_layers") else f"read layer {summary['read_layer']}")
+             + f", {summary['steps']} steps"
              f"{' (per-layer loss)' if summary['per_layer'] else ''}, {summary['seconds']:.0f} s; "
              f"control loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}. "
              f"{m['eval_prompts']} held-out evaluation prompts.", "",

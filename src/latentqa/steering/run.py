@@ -9,6 +9,11 @@ reply (made once, before training), and a control QA pair per example. With ``pe
 output of every block up to the read layer is decoded, and each block's input is detached, so
 block l learns only from its own output's loss (the paper's per-layer variant).
 
+A decoder that reads several layers together (``read_together``) gets them all from the one
+steered pass, one after another as it was trained; the adapter covers the blocks up to the
+deepest of them. The per-layer variant decodes one block at a time, which such a decoder
+cannot read, so it is refused for it.
+
 The control loss alone lets the target drift wherever the decoder's reading improves, and at
 learning rates strong enough to move behaviour that drift costs fluency. ``fluency_weight``
 adds KL(unsteered || steered) of the next-token distributions on the same dialogs, the
@@ -32,7 +37,7 @@ from ..activations import capture, gather, recording
 from ..arch import find_blocks
 from ..batching import pad_tokens
 from ..decoder import as_target
-from ..decoding import next_token_logprobs
+from ..decoding import join_layers, next_token_logprobs
 from ..selection import render_read
 from .adapter import STEER_ADAPTER, SteerSpec, active, add_steering_adapter, save_steering
 from .control import Control
@@ -146,7 +151,11 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
         raise ValueError(f"fluency_tokens must be 'read' or 'prompt', got {cfg.fluency_tokens!r}")
     model, tok, spec = reader.model, reader.tokenizer, reader.spec
     device = next(model.parameters()).device
-    read_layer = spec.read_layer
+    together = spec.read_together  # multi-layer reads: every layer in one probe
+    if together and cfg.per_layer:
+        raise ValueError(f"per_layer decodes one block at a time, but this decoder reads layers "
+                         f"{list(spec.read_layers)} together; steer without per_layer")
+    read_layer = max(reader.read_at) if together else spec.read_layer
     train_prompts, eval_prompts = split_prompts(prompts, eval_prompts, cfg.eval_share, cfg.seed)
     if not train_prompts:
         raise ValueError("no steering prompts left after holding back the evaluation prompts")
@@ -162,6 +171,9 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
     params = add_steering_adapter(model, range(read_layer + 1), r=cfg.lora_r,
                                   alpha=cfg.lora_alpha)
     layers = list(range(read_layer + 1)) if cfg.per_layer else [read_layer]
+    # what each loss term reads: one block, or all the layers read together
+    reads = [list(reader.read_at)] if together else [[layer] for layer in layers]
+    layers = reads[0] if together else layers
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     losses, kls, start = [], [], time.perf_counter()
     try:
@@ -187,12 +199,12 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
                         h.remove()
             loss = 0.0
             with active(model, "default"):
-                for layer in layers:
-                    vectors = gather(hidden[layer], read)
+                for group in reads:
+                    vectors = join_layers([gather(hidden[layer], read) for layer in group])
                     logp = answer_logprob(reader, vectors, [q for q, _ in qa],
                                           [a for _, a in qa])
                     loss = loss + (-logp.mean())
-            loss = loss / len(layers)
+            loss = loss / len(reads)
             control_loss = float(loss.detach())
             kl = (fluency_kl(model, ids, attn, anchored, steered) if cfg.fluency_weight > 0
                   else None)
@@ -214,6 +226,7 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
             if generate_eval and eval_prompts else []
         steer_spec = SteerSpec(
             target=str(spec.target), decoder=str(reader.decoder_path), read_layer=read_layer,
+            read_layers=reads[0] if together else [],
             blocks=list(range(read_layer + 1)), control=control.instruction or control.source,
             qa=[list(p) for p in control.qa], steps=cfg.steps, per_layer=cfg.per_layer,
             extra={"config": asdict(cfg), "final_loss": losses[-1], "seconds": seconds,

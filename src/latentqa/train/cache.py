@@ -1,4 +1,5 @@
-"""A bounded cache of the frozen target's read activations, per (record, layer).
+"""A bounded cache of the frozen target's read activations, per (record, layer), where a layer
+may be a tuple of layers read together (their vectors one after another).
 
 The target never changes during decoder training, and every QA pair of a label reuses the same
 records across epochs, so each record's activations need computing once per layer. Values pass
@@ -35,7 +36,8 @@ class ActivationCache:
         self.hits = self.misses = 0
 
     def _path(self, key) -> Path:
-        record, layer = key
+        record, layer = key  # layer: one, or a tuple of layers read together
+        layer = layer if isinstance(layer, int) else "+".join(map(str, layer))
         return self.directory / f"r{record}-l{layer}.safetensors"
 
     def get(self, key) -> torch.Tensor | None:
