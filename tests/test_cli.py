@@ -45,7 +45,7 @@ def test_bad_model_is_one_line_without_traceback(capsys):
 def test_bad_dtype_is_one_line_without_traceback(capsys):
     assert main(["info", "--dtype", "fp7"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("latentqa: error: dtype: unknown dtype 'fp7'") and "Traceback" not in err
+    assert err.startswith("latentqa: error: unknown dtype 'fp7'") and "Traceback" not in err
 
 
 def test_console_script_runs():

@@ -70,7 +70,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
              "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if dtype not in names:
-        raise UsageError(f"dtype: unknown dtype {dtype!r}; choose one of {sorted(names)}")
+        raise UsageError(f"unknown dtype {dtype!r}; choose one of {sorted(names)}")
     return names[dtype]
 
 
