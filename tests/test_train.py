@@ -105,6 +105,12 @@ def test_run_writes_decoder_metrics_plot_and_steps_the_schedule_per_step(tiny_ta
     spec = json.loads((out / "decoder" / "latentqa_decoder.json").read_text())
     assert spec["read_layer"] == 2 and spec["write_layer"] == 0 and spec["layout"] == "paper"
     assert spec["num_blocks"] == 4 and spec["target"] == str(tiny_target)
+    assert spec["extra"]["trained_steps"] == 5 and spec["extra"]["held_out"] == 0.1
+    # a checkpoint evaluates like a decoder: its sidecar says which labels were held out
+    saved = json.loads((out / "checkpoints" / "step-0000005" / "latentqa_decoder.json")
+                       .read_text())
+    assert saved["extra"]["held_out"] == 0.1 and saved["extra"]["split_seed"] == 0
+    assert saved["extra"]["data_files"] == spec["extra"]["data_files"]
 
 
 @pytest.mark.heavy

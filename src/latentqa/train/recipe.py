@@ -225,6 +225,7 @@ class Recipe:
             read_layers=list(cfg.read_layers), write_layer=cfg.write_layer,
             injection=cfg.injection, layout=cfg.layout, placeholder=layout.placeholder,
             supervise=cfg.supervise, read_together=cfg.read_together)
+        self.spec.extra = self.provenance()
         self.cache = None
         if cfg.activation_cache != "off":
             self.cache = ActivationCache(
@@ -357,12 +358,12 @@ class Recipe:
                                  self.cfg.keep_checkpoints)
         self.dist.barrier()
 
-    def save_decoder(self, directory: Path, summary: dict) -> None:
-        """The trained decoder with its sidecar, which records how it was made."""
+    def provenance(self) -> dict:
+        """How the decoder is being made, for its sidecar: checkpoints carry it too, so that a
+        checkpoint evaluates like a finished decoder (its held-out split, its data)."""
         cfg = self.cfg
-        self.spec.extra = {
-            "trained_steps": summary["steps"], "data_files": summary["data_files"],
-            "final_metrics": summary["final"], "held_out": cfg.held_out,
+        return {
+            "data_files": file_hashes(cfg.data), "held_out": cfg.held_out,
             "split_seed": cfg.split_seed, "system_recovery": cfg.system_recovery,
             "plain_share": cfg.plain_share, "system_swaps": cfg.system_swaps,
             "init_decoder": cfg.init_decoder, "relation_share": cfg.relation_share,
@@ -371,8 +372,13 @@ class Recipe:
             "system_prompt_data": cfg.system_prompt_data,
             "system_prompt_descriptions": cfg.system_prompt_descriptions,
             "classification_share": cfg.classification_share,
-            "context_share": cfg.context_share,
+            "context_share": cfg.context_share, "train_labels": cfg.train_labels,
             "dropped_overlap": self.dropped_overlap}
+
+    def save_decoder(self, directory: Path, summary: dict) -> None:
+        """The trained decoder with its sidecar, which records how it was made."""
+        self.spec.extra = {**self.provenance(), "trained_steps": summary["steps"],
+                           "final_metrics": summary["final"]}
         saved = self._saveable()
         if self.dist.main:
             save_decoder(saved, directory, self.spec)
@@ -382,7 +388,7 @@ class Recipe:
         cfg = self.cfg
         extra = [*cfg.system_prompt_data, *cfg.relation_data] + (
             [cfg.classification_data] if cfg.classification_share else [])
-        return {"data_files": file_hashes(cfg.data),
+        return {"data_files": self.spec.extra["data_files"],
                 "extra_data_files": file_hashes(extra) if extra else {},
                 "cache": self.cache.stats() if self.cache else None}
 
