@@ -168,9 +168,8 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
     depends on them. Nothing is padded inside a group and nothing is copied, so the cost is
     the prefix plus the answers; the opening all groups share (the probe's chat header, before
     the placeholders) runs once per call unless ``share_opening`` is off. Groups that cannot be
-    packed
-    (no shared prefix, an attention kernel without arbitrary masks, a sliding window shorter
-    than a probe) are scored probe by probe in one padded batch.
+    packed (no shared prefix, an attention kernel without arbitrary masks, a sliding window
+    shorter than a probe) are scored probe by probe in one padded batch.
 
     Gradients flow when the caller enables them: the trainer packs all QA pairs of a record
     into one group, so its placeholders and the probe's opening run once for all its pairs.
@@ -351,8 +350,8 @@ def rows_loss_sum(model, probes: list[list], vectors: list[torch.Tensor] | None,
     packed row, its shared prefix once, and the opening every row shares (the chat header
     before the placeholders) once for the batch (``grouped_logprobs``; ``share_opening=False``
     runs it in every row: a sharded model's body must run once per backward)."""
-    groups = [Group(p, None if vectors is None else v) for p, v in
-              zip(probes, vectors if vectors is not None else [None] * len(probes))]
+    vectors = [None] * len(probes) if vectors is None else vectors
+    groups = [Group(p, v) for p, v in zip(probes, vectors)]
     out = grouped_logprobs(model, groups, pad_id=pad_id, write_layer=write_layer, mode=mode,
                            batch_size=sum(len(p) for p in probes), share_opening=share_opening)
     logp = torch.cat([x for row in out for x in row])

@@ -27,13 +27,9 @@ class Collator:
         if not examples:
             raise ValueError("cannot collate an empty batch")
         side = self.side
-
-        target = [e.target_input_ids for e in examples]
         decoder = [e.decoder_input_ids for e in examples]
         return {
-            "target_input_ids": pad(target, self.pad_id, side=side),
-            "target_attention_mask": attention_mask(target, side=side),
-            "read_mask": pad([e.read_mask for e in examples], False, side=side),
+            **self._target(examples),
             "decoder_input_ids": pad(decoder, self.pad_id, side=side),
             "decoder_attention_mask": attention_mask(decoder, side=side),
             "placeholder_mask": pad([e.placeholder_mask for e in examples], False, side=side),
@@ -45,11 +41,12 @@ class Collator:
         (``decoding.grouped_logprobs`` packs each row's probes itself)."""
         if not rows:
             raise ValueError("cannot collate an empty batch")
-        target = [r.target_input_ids for r in rows]
-        return {
-            "target_input_ids": pad(target, self.pad_id, side=self.side),
-            "target_attention_mask": attention_mask(target, side=self.side),
-            "read_mask": pad([r.read_mask for r in rows], False, side=self.side),
-            "probes": [r.probes for r in rows],
-            "records": [r.record for r in rows],
-        }
+        return {**self._target(rows), "probes": [r.probes for r in rows],
+                "records": [r.record for r in rows]}
+
+    def _target(self, items) -> dict[str, torch.Tensor]:
+        """The target's side of examples or rows: input ids, attention mask, read mask."""
+        target = [x.target_input_ids for x in items]
+        return {"target_input_ids": pad(target, self.pad_id, side=self.side),
+                "target_attention_mask": attention_mask(target, side=self.side),
+                "read_mask": pad([x.read_mask for x in items], False, side=self.side)}

@@ -125,10 +125,6 @@ class Row:
     read_mask: torch.Tensor  # bool [T]
     probes: list  # of data.probe.Probe, one per pair, in the record's pair order
 
-    @property
-    def num_read(self) -> int:
-        return int(self.read_mask.sum())
-
 
 class LatentQARows(torch.utils.data.Dataset):
     """``Row``s of a ``LatentQADataset``: one per record with pairs, or one per pair
