@@ -6,8 +6,10 @@ Each point of ``configs/scaling/`` trains a decoder from scratch for the same nu
 all of the shared data's training labels, then + the unlabeled system prompts, then + the
 target's own replies. Every point is evaluated by the same command (``latentqa eval persona``
 on the shared data's held-out labels, all five conditions; its adapter-free conditions come
-from the evaluation cache after the first point), and its held-out loss along the run is in
-its ``metrics.jsonl`` (the examples-seen axis).
+from the evaluation cache after the first point), then out of distribution on
+``evals/ood-hidden-prompts`` (hand-written behaviours no training config reads: ``eval persona``
+and the ranking of ``eval recovery``), and its held-out loss along the run is in its
+``metrics.jsonl`` (the examples-seen axis).
 
 Runs are long and may be interrupted: each step is resumable, so run the same command again.
 Training resumes from its last checkpoint; a finished point is not run again; the on-policy
@@ -32,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 POINTS = ("labels-25", "labels-50", "labels-100", "unlabeled", "onpolicy")
 DATA = "../shared/data/latentqa"
+OOD = "evals/ood-hidden-prompts"
 ONPOLICY = REPO.parent / "runs" / "onpolicy" / "labelled.jsonl"
 CONDITIONS = ("activations", "shuffled", "no_activations", "text_only", "untrained_decoder")
 
@@ -66,6 +69,12 @@ def run_point(point: str) -> None:
     if not (out / "persona.json").exists():
         run(latentqa("eval", "persona", "--data", DATA, "--decoder", str(out / "decoder"),
                      "--json", str(out / "persona.json")))
+    if not (out / "ood-persona.json").exists():
+        run(latentqa("eval", "persona", "--data", OOD, "--split", "all", "--no-null",
+                     "--decoder", str(out / "decoder"), "--json", str(out / "ood-persona.json")))
+    if not (out / "ood-recovery.json").exists():
+        run(latentqa("eval", "recovery", "--data", OOD, "--split", "all", "--no-rouge",
+                     "--decoder", str(out / "decoder"), "--json", str(out / "ood-recovery.json")))
 
 
 def curve(point: str) -> list[tuple[int, float, float]]:
@@ -74,6 +83,18 @@ def curve(point: str) -> list[tuple[int, float, float]]:
             (out_dir(point) / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [(m["step"], m["eval_loss"], m.get("eval_loss_shuffled")) for m in rows
             if "eval_loss" in m]
+
+
+def ood(point: str) -> dict:
+    """Out-of-distribution accuracy per condition: eval persona's and recovery's top-1."""
+    out = {}
+    for name, key in (("ood-persona.json", "persona"), ("ood-recovery.json", "recovery")):
+        path = out_dir(point) / name
+        if path.exists():
+            r = json.loads(path.read_text())
+            conds = r["conditions"] if key == "persona" else r["top1"]["conditions"]
+            out[key] = {c: v["accuracy"] for c, v in conds.items()}
+    return out
 
 
 def results() -> dict:
@@ -91,6 +112,7 @@ def results() -> dict:
                       "overall": {c: r["conditions"][c]["accuracy"] for c in CONDITIONS
                                   if c in r["conditions"]},
                       "system": {c: system[c]["accuracy"] for c in CONDITIONS if c in system},
+                      "ood": ood(point),
                       "curve": curve(point)}
     return out
 
@@ -107,14 +129,21 @@ def report() -> None:
     if not found:
         sys.exit("no point has finished yet")
     print("| point | training pairs | system: activations | shuffled | no act. | text only "
-          "| overall: activations | shuffled | text only |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| overall: activations | shuffled | text only | OOD: activations | shuffled "
+          "| text only | OOD recovery: activations | shuffled |")
+    print("|" + " --- |" * 15)
+
+    def f(d, c, digits=2):
+        return f"{d[c]:.{digits}f}" if c in d else "-"
+
     for point, r in found.items():
         s, o = r["system"], r["overall"]
-        print(f"| {point} | {r['train_pairs']:,} | {s.get('activations', 0):.2f} | "
-              f"{s.get('shuffled', 0):.2f} | {s.get('no_activations', 0):.2f} | "
-              f"{s.get('text_only', 0):.2f} | {o.get('activations', 0):.3f} | "
-              f"{o.get('shuffled', 0):.3f} | {o.get('text_only', 0):.3f} |")
+        op, orc = r["ood"].get("persona", {}), r["ood"].get("recovery", {})
+        print(f"| {point} | {r['train_pairs']:,} | {f(s, 'activations')} | {f(s, 'shuffled')} | "
+              f"{f(s, 'no_activations')} | {f(s, 'text_only')} | {f(o, 'activations', 3)} | "
+              f"{f(o, 'shuffled', 3)} | {f(o, 'text_only', 3)} | {f(op, 'activations')} | "
+              f"{f(op, 'shuffled')} | {f(op, 'text_only')} | {f(orc, 'activations')} | "
+              f"{f(orc, 'shuffled')} |")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     names = list(found)
     for ax, key, title in ((axes[0], "system", "held-out system records"),

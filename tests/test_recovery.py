@@ -1,5 +1,5 @@
 """eval recovery: the hidden system prompt ranked among its family's prompts, and ROUGE-L of the
-generated answer, each beside the shuffled and no-activations controls."""
+generated answer, each beside the shuffled, no-activations and text-only controls."""
 
 from __future__ import annotations
 
@@ -95,6 +95,19 @@ def test_shuffled_reads_another_hidden_prompt_record_by_the_one_rule(data):
                for d, i in zip(got, items))
 
 
+# the conditions that go through the decoder's Reader calls (text_only runs the base model)
+READER_CONDITIONS = ("activations", "shuffled", "no_activations")
+
+
+def test_text_only_is_a_default_condition_and_unknown_ones_raise(data):
+    assert recovery.CONDITIONS == READER_CONDITIONS + ("text_only",)
+    items = build_items(data, choices=3, seed=0)
+    ev = RecoveryEval(StubReader(None, None))
+    with pytest.raises(ValueError, match="telepathy"):
+        ev.run(data, items, conditions=("activations", "telepathy"))
+    assert ev.reader.calls == []  # refused before anything ran
+
+
 class StubReader:
     """Records what RecoveryEval asks of the Reader; scores by a rule on the candidate."""
 
@@ -121,7 +134,8 @@ def test_each_condition_gives_the_reader_what_it_claims(data):
         return CandidateScore(candidate, -3.0, 3)
 
     reader = StubReader(score, lambda dialog, control: "" if control else dialog[0]["content"])
-    result = RecoveryEval(reader, max_new_tokens=7).run(data, items, seed=0)
+    result = RecoveryEval(reader, max_new_tokens=7).run(data, items, seed=0,
+                                                        conditions=READER_CONDITIONS)
     # (kind, dialogs, pairs, candidates, read, control): score then answer, per condition
     assert [(c[0], c[5]) for c in reader.calls] == [("score", None), ("answer", None)] * 2 + \
         [("score", "none"), ("answer", "none")]
@@ -177,6 +191,66 @@ def test_the_reader_reads_what_training_reads(tiny_decoder, data):
     torch.testing.assert_close(ours, trained)
 
 
+def test_text_only_is_the_base_model_reading_the_turns_as_text(tiny_decoder, tiny_target, data):
+    """text_only scores and answers persona's text prompt with the adapter off: equal to the
+    bare base model's, and unchanged when the adapter's weights change (while the decoder's
+    own conditions do change); the progress count matches ``rows``."""
+    from latentqa.evaluation.persona import text_probe
+    from latentqa.generation import generate_text
+    from latentqa.models import load_model
+    from latentqa.reading import load
+
+    reader = load(str(tiny_decoder))
+
+    def another_decoder(seed):  # the same base, adapter weights far from 2 steps' near-zero
+        with torch.no_grad():
+            torch.manual_seed(seed)
+            for name, weight in reader.model.named_parameters():
+                if "lora_B" in name:
+                    weight.copy_(torch.randn_like(weight))
+
+    another_decoder(1)
+    items = build_items(data, choices=3, seed=0)
+    done = []
+    ev = RecoveryEval(reader, max_new_tokens=4, progress=done.append)
+    first = ev.run(data, items, seed=0)
+    assert sum(done) == RecoveryEval.rows(items) > 0
+    assert first["top1"]["conditions"]["text_only"]["n"] == len(items)
+    assert first["rouge_l"]["conditions"]["text_only"]["n"] == len(items)
+    assert "text_only" in first["top1"]["mcnemar_p_vs_activations"]
+    assert "text_only" in first["rouge_l"]["sign_test_p_vs_activations"]
+
+    # the same numbers from the bare base model, by hand: mean log-probability per labelled
+    # token of persona's text probe, and the greedy reply to the probe's prompt
+    base = load_model(str(tiny_target))
+    model, tok = base.model.eval(), base.tokenizer
+    prompts = []
+    for item, row in zip(items, first["items"]):
+        record = data.records[item.record]
+        assert record.hidden_system_prompt not in ev.text_dialog(record)[0]["content"]
+        expected = []
+        for candidate in item.candidates:
+            probe = text_probe(tok, record, QUESTION, candidate)
+            with torch.no_grad():
+                logits = model(probe.input_ids[None]).logits[0, :-1]
+            labels = probe.labels[1:]
+            logp = torch.log_softmax(logits.float(), -1)[labels != -100].gather(
+                1, labels[labels != -100, None])
+            expected.append(float(logp.mean()))
+        assert row["conditions"]["text_only"]["scores"] == pytest.approx(expected, abs=1e-4)
+        prompts.append(probe.input_ids[:int((probe.labels != -100).nonzero()[0])].tolist())
+    replies = generate_text(model, tok, prompts, pad_id=reader.pad_id, max_new_tokens=4,
+                            batch_size=ev.batch_size)
+    assert [r["conditions"]["text_only"]["answer"] for r in first["items"]] == replies
+
+    another_decoder(2)
+    again = ev.run(data, items, seed=0, conditions=("activations", "text_only"))
+    for a, b in zip(first["items"], again["items"]):
+        assert a["conditions"]["text_only"] == b["conditions"]["text_only"]
+    assert any(a["conditions"]["activations"]["scores"] != b["conditions"]["activations"]
+               ["scores"] for a, b in zip(first["items"], again["items"]))
+
+
 def test_eval_recovery_cli_end_to_end(tiny_decoder, tmp_path, capsys):
     folder = write_data(tmp_path / "data")
     out = tmp_path / "recovery.json"
@@ -187,13 +261,16 @@ def test_eval_recovery_cli_end_to_end(tiny_decoder, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["kind"] == "recovery" and result["n"] == len(PROMPTS)
     assert set(result["top1"]["conditions"]) == set(recovery.CONDITIONS)
-    assert set(result["top1"]["mcnemar_p_vs_activations"]) == {"shuffled", "no_activations"}
-    assert set(result["rouge_l"]["sign_test_p_vs_activations"]) == {"shuffled",
-                                                                     "no_activations"}
+    controls = set(recovery.CONDITIONS) - {"activations"}
+    assert set(result["top1"]["mcnemar_p_vs_activations"]) == controls
+    assert set(result["rouge_l"]["sign_test_p_vs_activations"]) == controls
+    assert result["top1"]["conditions"]["text_only"]["n"] == len(PROMPTS)
     assert all(0 <= s["mean"] <= 1 for s in result["rouge_l"]["conditions"].values())
     item = result["items"][0]
     assert set(item["conditions"]["shuffled"]) == {"scores", "top1", "answer", "rouge_l"}
+    assert set(item["conditions"]["text_only"]) == {"scores", "top1", "answer", "rouge_l"}
     assert "true prompt ranked first" in text and "ROUGE-L" in text
+    assert "\n  text_only " in text  # a row of the printed table
     assert "McNemar p vs activations" in text and "sign test p vs activations" in text
 
     ranked = tmp_path / "ranked.json"

@@ -261,7 +261,8 @@ def register_recovery(sub) -> None:
                     "decoder 'What instructions was the assistant given?': rank the true prompt "
                     "among prompts of the same family by mean log-probability per token (top-1 "
                     "accuracy), and score its greedy answer by ROUGE-L F1 against the true "
-                    "prompt; with real activations, shuffled and no_activations.")
+                    "prompt; with real activations, shuffled, no_activations, and text_only "
+                    "(the base model, adapter off, shown the read turns as text).")
     p.add_argument("--data", nargs="+", required=True,
                    help="a folder of LatentQA files or the files (as for eval persona)")
     p.add_argument("--decoder", help="decoder directory (default: the shipped decoder)")
@@ -273,7 +274,8 @@ def register_recovery(sub) -> None:
                         "record")
     p.add_argument("--limit", type=int, default=0, help="at most this many records (0: all)")
     p.add_argument("--conditions",
-                   help="comma-separated subset of activations,shuffled,no_activations")
+                   help="comma-separated subset of activations,shuffled,no_activations,"
+                        "text_only")
     p.add_argument("--max-new-tokens", type=int, default=80,
                    help="answer length for ROUGE-L (the shared data's prompts: at most 77 "
                         "tokens)")

@@ -15,16 +15,21 @@ was the assistant given?", and measured two ways:
   ROUGE-L  the F1 of the longest common word subsequence between the greedily generated answer
            and the true prompt (``rouge_l``).
 
-under three conditions, the same items and candidates throughout:
+under four conditions, the same items and candidates throughout:
 
   activations     the record's own read activations
   shuffled        the activations of another such record, with another label (the one
                   shuffled-donor rule, ``latentqa.controls``, over every record with a hidden
                   prompt in the evaluated data)
   no_activations  the same probe with nothing injected: the decoder's prior over prompts
+  text_only       the base model (adapter off) shown the read turns as text with the same
+                  question, ``eval persona``'s text-only prompt (``persona.text_probe``): what
+                  reading the visible turns alone recovers, without activations or decoder
 
-Everything goes through the ``Reader``'s public ``score_pairs`` and ``answer_pairs`` (packed
-scoring, the folded LoRA, batched generation): no scoring or generation loop of its own.
+The decoder's conditions go through the ``Reader``'s public ``score_pairs`` and
+``answer_pairs`` (packed scoring, the folded LoRA, batched generation); text_only is scored by
+``PersonaEval.score_groups`` with the adapter off, as ``eval persona`` scores it, and answered by
+``Reader.target_replies``: no scoring or generation loop of its own.
 """
 
 from __future__ import annotations
@@ -37,11 +42,12 @@ from dataclasses import dataclass
 
 from ..controls import shuffled_donors
 from ..data.records import SYSTEM_RECOVERY_QUESTION
+from ..decoding import Group
 from ..selection import Read
 from ..stats import mcnemar_exact, summarize
-from .persona import draw_candidates
+from .persona import TEXT_ONLY_PROMPT, PersonaEval, draw_candidates, text_probe, visible_text
 
-CONDITIONS = ("activations", "shuffled", "no_activations")
+CONDITIONS = ("activations", "shuffled", "no_activations", "text_only")
 QUESTION = SYSTEM_RECOVERY_QUESTION
 RANKING = "mean log-probability per token (the prompt and its end-of-turn marker)"
 
@@ -138,9 +144,22 @@ class RecoveryEval:
 
     @staticmethod
     def rows(items: list[RecoveryItem], conditions=CONDITIONS, *, rouge: bool = True) -> int:
-        """Decoder rows: every candidate scored, and one answer per item, per condition."""
+        """Model rows: every candidate scored, and one answer per item, per condition
+        (text_only's rows are the base model's, counted the same)."""
         return (sum(len(i.candidates) for i in items) + (len(items) if rouge else 0)) * \
             len(conditions)
+
+    def text_groups(self, data, items: list[RecoveryItem]) -> list[tuple[Group, bool]]:
+        """text_only's candidates for ``PersonaEval.score_groups``: each item's read turns as
+        text, the recovery question, each candidate as the answer, adapter off."""
+        return [(Group([text_probe(self.reader.tokenizer, data.records[i.record], QUESTION, c)
+                        for c in i.candidates]), False) for i in items]
+
+    @staticmethod
+    def text_dialog(record) -> list[dict]:
+        """text_only's prompt to answer: the one ``text_probe`` scores, up to the answer."""
+        return [{"role": "user", "content": TEXT_ONLY_PROMPT.format(
+            conversation=visible_text(record), question=QUESTION)}]
 
     def sources(self, condition: str, items, donor, data):
         """The dialogs, read selections and Reader control for ``condition``."""
@@ -160,23 +179,36 @@ class RecoveryEval:
         per = {c: [{} for _ in items] for c in conditions}
         seconds = {}
         for c in conditions:
-            dialogs, reads, control = self.sources(c, items, donor, data)
             start = time.perf_counter()
-            scores = self.reader.score_pairs(dialogs, pairs, [i.candidates for i in items],
-                                             read=reads, control=control,
-                                             batch_size=self.batch_size,
-                                             progress=self.progress)
+            if c == "text_only":
+                scored = PersonaEval(self.reader, batch_size=self.batch_size,
+                                     progress=self.progress).score_groups(
+                                         self.text_groups(data, items))
+            else:
+                dialogs, reads, control = self.sources(c, items, donor, data)
+                scored = [[s.mean_logprob for s in score.candidates] for score in
+                          self.reader.score_pairs(dialogs, pairs, [i.candidates for i in items],
+                                                  read=reads, control=control,
+                                                  batch_size=self.batch_size,
+                                                  progress=self.progress)]
             seconds[f"{c}_ranking"] = time.perf_counter() - start
-            for k, (item, score) in enumerate(zip(items, scores)):
-                means = [s.mean_logprob for s in score.candidates]
+            for k, (item, means) in enumerate(zip(items, scored)):
                 per[c][k].update(scores=means, top1=max(range(len(means)),
                                                        key=means.__getitem__) == item.correct)
             if rouge:
                 start = time.perf_counter()
-                answers = self.reader.answer_pairs(
-                    dialogs, pairs, read=reads, control=control,
-                    max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                    progress=self.progress)
+                # target_replies turns the adapter off itself (Reader.generate keeps whatever
+                # its caller made active), so the answer is the base model's
+                if c == "text_only":
+                    answers = self.reader.target_replies(
+                        [self.text_dialog(data.records[i.record]) for i in items],
+                        max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                        progress=self.progress)
+                else:
+                    answers = self.reader.answer_pairs(
+                        dialogs, pairs, read=reads, control=control,
+                        max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                        progress=self.progress)
                 seconds[f"{c}_generation"] = time.perf_counter() - start
                 for k, (item, answer) in enumerate(zip(items, answers)):
                     per[c][k].update(answer=answer, rouge_l=rouge_l(answer, item.prompt))

@@ -1,0 +1,213 @@
+"""Is a hidden system prompt in the target's activations at all? A linear-probe reference.
+
+The decoder reads the user turn of a dialog whose system prompt is masked out; whatever it can
+learn about the prompt must reach those tokens through attention. This study asks a logistic
+regression (``evaluation.probe.LinearProbe``) the same question at every depth, so a decoder's
+failure can be told apart from the activations not holding the answer (Li et al.'s critique).
+
+Data: the shared data's unlabeled system prompts, each with a user turn. The attribute is the
+prompt's category (the label's first two words, such as ``goal-emotion`` or ``persona-job``;
+the categories with at least ``--min-per-category`` prompts). Prompts are split into train and
+test (no prompt is in both), and each is read three ways, always over the same tokens (the
+user turn and the assistant header, the decoder's read span):
+
+  paired     the prompt with its own user turn: what the decoder reads in training
+  text       the user turn alone, no system prompt: what the text reveals (the user turns were
+             written for their prompts, so they hint at the category)
+  swapped    the prompt with the user turn of another prompt of another category: the text
+             carries nothing about the category, only the hidden prompt can
+
+  filler     the prompt replaced by neutral text of the same length in tokens, with the
+             paired user turn: the user tokens sit at the same positions, so this is what the
+             prompt's length alone (and the text) tells
+
+Features are the mean of the read vectors and the last read vector (the assistant header's,
+just before a reply). ``paired`` above ``text`` is information from the hidden prompt; ``swapped``
+above chance is the same, with the text's hint removed.
+
+    python scripts/hidden_prompt_probe.py --json runs/probe/hidden.json
+
+With ``--ood DIR`` (``evals/ood-hidden-prompts``) it asks instead which of that set's
+behaviours is in force: each behaviour appears under three user turns shared with other
+behaviours, so a probe trained on two of them and tested on the third (three folds) can only
+succeed through the hidden prompt; the ``text`` view (the user turn alone) and the ``filler``
+view (the prompt's length without its content) are its controls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentqa import capture, gather, load_model
+from latentqa.batching import pad_id, pad_tokens
+from latentqa.evaluation.probe import LinearProbe
+from latentqa.files import write_json
+from latentqa.selection import render_read
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/latentqa/unlabeled_system.json"
+
+
+def category(label: str) -> str:
+    return "-".join(label.split("-")[:2])
+
+
+def pick(records, limit: int, min_per_category: int, seed: int):
+    counts = Counter(category(r["label"]) for r in records)
+    kept = [r for r in records if counts[category(r["label"])] >= min_per_category]
+    random.Random(seed).shuffle(kept)
+    return kept[:limit] if limit else kept
+
+
+FILLER = ("The train left the station a little after nine and moved slowly past the fields, "
+          "the river and the low grey houses at the edge of the town. ") * 20
+
+
+def filler(tokenizer, text: str) -> str:
+    """Neutral text with as many tokens as ``text``."""
+    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return tokenizer.decode(tokenizer(FILLER, add_special_tokens=False)["input_ids"][:n])
+
+
+def views(records, seed: int, tokenizer):
+    """Per record, the four dialogs: paired, text (no system prompt), swapped, filler."""
+    rng = random.Random(seed + 1)
+    out = []
+    for r in records:
+        while True:
+            other = rng.choice(records)
+            if category(other["label"]) != category(r["label"]):
+                break
+        user = {"role": "user", "content": r["stimulus_user"]}
+        out.append({
+            "paired": [{"role": "system", "content": r["system"]}, user],
+            "text": [user],
+            "swapped": [{"role": "system", "content": r["system"]},
+                        {"role": "user", "content": other["stimulus_user"]}],
+            "filler": [{"role": "system", "content": filler(tokenizer, r["system"])}, user],
+        })
+    return out
+
+
+@torch.no_grad()
+def features(model, tokenizer, dialogs, layers, batch_size: int):
+    """{layer: [n, 2H]}: mean and last read vector of each dialog at each layer."""
+    rendered = []
+    for d in dialogs:
+        r, mask = render_read(tokenizer, d)
+        rendered.append((torch.tensor(r.input_ids), mask))
+    out = {k: [None] * len(dialogs) for k in layers}
+    order = sorted(range(len(dialogs)), key=lambda i: len(rendered[i][0]))
+    pid = pad_id(tokenizer)
+    for s in range(0, len(order), batch_size):
+        rows = order[s:s + batch_size]
+        ids, attn, masks = pad_tokens([rendered[i] for i in rows], pid)
+        hidden = capture(model, ids, attn, layers=layers)
+        for k in layers:
+            for i, v in zip(rows, gather(hidden[k], masks)):
+                v = v.float()
+                out[k][i] = torch.cat([v.mean(0), v[-1]]).numpy()
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def ood_identity(model, tokenizer, folder: str, layers, batch_size: int, seed: int) -> dict:
+    """Which behaviour, among the set's labels, from the read vectors of an unseen user turn."""
+    records = json.loads((Path(folder) / "system.json").read_text())
+    by_label: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_label.setdefault(r["label"], []).append(i)
+    folds = min(len(v) for v in by_label.values())
+    dialogs = {"hidden": [[{"role": "system", "content": r["system"]},
+                           {"role": "user", "content": r["stimulus_user"]}] for r in records],
+               "text": [[{"role": "user", "content": r["stimulus_user"]}] for r in records],
+               "filler": [[{"role": "system", "content": filler(tokenizer, r["system"])},
+                           {"role": "user", "content": r["stimulus_user"]}] for r in records]}
+    feats = {v: features(model, tokenizer, d, layers, batch_size) for v, d in dialogs.items()}
+    y = np.array([r["label"] for r in records], dtype=object)
+    out = {"data": folder, "behaviours": len(by_label), "records": len(records),
+           "folds": folds, "chance": 1 / len(by_label), "accuracy": {}}
+    for k in layers:
+        row = {}
+        for v in feats:
+            hits = []
+            for f in range(folds):
+                test = [ids[f] for ids in by_label.values()]
+                train = sorted(set(range(len(records))) - set(test))
+                probe = LinearProbe(c=0.1, seed=seed).fit(feats[v][k][train], y[train])
+                hits += list(np.array(probe.predict(feats[v][k][test]), dtype=object) == y[test])
+            row[v] = float(np.mean(hits))
+        out["accuracy"][str(k)] = row
+        print(f"layer {k:2d}  " + "  ".join(f"{v} {a:.3f}" for v, a in row.items()), flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--limit", type=int, default=1500, help="prompts used (0: all)")
+    ap.add_argument("--min-per-category", type=int, default=180)
+    ap.add_argument("--layers", default="4,8,11,14,17,20,23")
+    ap.add_argument("--test-fraction", type=float, default=0.3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ood", metavar="DIR", help="behaviour identity on this set instead")
+    ap.add_argument("--json", help="write the result here")
+    args = ap.parse_args(argv)
+
+    start = time.perf_counter()
+    layers = [int(x) for x in args.layers.split(",")]
+    if args.ood:
+        loaded = load_model(args.model)
+        result = ood_identity(loaded.model.eval(), loaded.tokenizer, args.ood, layers,
+                              args.batch_size, args.seed)
+        result["seconds"] = time.perf_counter() - start
+        if args.json:
+            write_json(args.json, result)
+        json.dump(result, sys.stdout, indent=1)
+        print()
+        return 0
+    records = pick(json.loads(Path(args.data).read_text()), args.limit,
+                   args.min_per_category, args.seed)
+    labels = [category(r["label"]) for r in records]
+    n_test = int(len(records) * args.test_fraction)
+    test, train = list(range(n_test)), list(range(n_test, len(records)))
+    loaded = load_model(args.model)
+    model, tokenizer = loaded.model.eval(), loaded.tokenizer
+    dialogs = views(records, args.seed, tokenizer)
+    result = {"data": args.data, "model": args.model, "prompts": len(records),
+              "train": len(train), "test": len(test), "categories": dict(Counter(labels)),
+              "majority": max(Counter(labels[i] for i in test).values()) / len(test),
+              "features": "mean and last read vector (user turn + assistant header)",
+              "accuracy": {}}
+    feats = {}
+    for v in ("paired", "text", "swapped", "filler"):
+        feats[v] = features(model, tokenizer, [d[v] for d in dialogs], layers, args.batch_size)
+        print(f"read {v} ({time.perf_counter() - start:.0f} s)", flush=True)
+    y = np.array(labels, dtype=object)
+    for k in layers:
+        row = {}
+        for v in feats:
+            x = feats[v][k]
+            probe = LinearProbe(c=0.1, seed=args.seed).fit(x[train], y[train])
+            row[v] = float(np.mean(np.array(probe.predict(x[test]), dtype=object) == y[test]))
+        result["accuracy"][str(k)] = row
+        print(f"layer {k:2d}  " + "  ".join(f"{v} {a:.3f}" for v, a in row.items()), flush=True)
+    result["seconds"] = time.perf_counter() - start
+    if args.json:
+        write_json(args.json, result)
+    json.dump(result, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
