@@ -4,7 +4,8 @@ which kind of data moves it?
 Each point of ``configs/scaling/`` trains a decoder from scratch for the same number of steps
 (about the same number of examples), the data growing from point to point: a quarter, half and
 all of the shared data's training labels, then + the unlabeled system prompts, then + the
-target's own replies. Every point is evaluated by the same command (``latentqa eval persona``
+target's own replies; and one lever beside the data, the unlabeled point reading three blocks
+together (``unlabeled-layers``). Every point is evaluated by the same command (``latentqa eval persona``
 on the shared data's held-out labels, all five conditions; its adapter-free conditions come
 from the evaluation cache after the first point), then out of distribution on
 ``evals/ood-hidden-prompts`` (hand-written behaviours no training config reads: ``eval persona``
@@ -32,7 +33,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-POINTS = ("labels-25", "labels-50", "labels-100", "unlabeled", "onpolicy")
+POINTS = ("labels-25", "labels-50", "labels-100", "unlabeled", "onpolicy", "unlabeled-layers")
 DATA = "../shared/data/latentqa"
 OOD = "evals/ood-hidden-prompts"
 ONPOLICY = REPO.parent / "runs" / "onpolicy" / "labelled.jsonl"
