@@ -149,6 +149,15 @@ def ood_identity(model, tokenizer, folder: str, layers, batch_size: int, seed: i
     return out
 
 
+def finish(result: dict, start: float, json_path) -> int:
+    result["seconds"] = time.perf_counter() - start
+    if json_path:
+        write_json(json_path, result)
+    json.dump(result, sys.stdout, indent=1)
+    print()
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA))
@@ -169,12 +178,7 @@ def main(argv=None) -> int:
         loaded = load_model(args.model)
         result = ood_identity(loaded.model.eval(), loaded.tokenizer, args.ood, layers,
                               args.batch_size, args.seed)
-        result["seconds"] = time.perf_counter() - start
-        if args.json:
-            write_json(args.json, result)
-        json.dump(result, sys.stdout, indent=1)
-        print()
-        return 0
+        return finish(result, start, args.json)
     records = pick(json.loads(Path(args.data).read_text()), args.limit,
                    args.min_per_category, args.seed)
     labels = [category(r["label"]) for r in records]
@@ -201,12 +205,7 @@ def main(argv=None) -> int:
             row[v] = float(np.mean(np.array(probe.predict(x[test]), dtype=object) == y[test]))
         result["accuracy"][str(k)] = row
         print(f"layer {k:2d}  " + "  ".join(f"{v} {a:.3f}" for v, a in row.items()), flush=True)
-    result["seconds"] = time.perf_counter() - start
-    if args.json:
-        write_json(args.json, result)
-    json.dump(result, sys.stdout, indent=1)
-    print()
-    return 0
+    return finish(result, start, args.json)
 
 
 if __name__ == "__main__":
