@@ -101,9 +101,14 @@ def visible_text(record) -> str:
                      f"{record.messages[i]['content']}" for i in record.read)
 
 
+def text_prompt(record, question: str) -> str:
+    """The text-only baseline's user turn: the read turns as text, then the question."""
+    return TEXT_ONLY_PROMPT.format(conversation=visible_text(record), question=question)
+
+
 def text_probe(tokenizer, record, question: str, answer: str) -> Probe:
     """The text-only baseline's prompt: the read turns and the question, answer supervised."""
-    prompt = TEXT_ONLY_PROMPT.format(conversation=visible_text(record), question=question)
+    prompt = text_prompt(record, question)
     rendered = render_dialog(tokenizer, [{"role": "user", "content": prompt},
                                          {"role": "assistant", "content": answer}])
     start = rendered.char_spans[1][0]

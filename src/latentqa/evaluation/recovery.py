@@ -45,7 +45,7 @@ from ..data.records import SYSTEM_RECOVERY_QUESTION
 from ..decoding import Group
 from ..selection import Read
 from ..stats import mcnemar_exact, summarize
-from .persona import TEXT_ONLY_PROMPT, PersonaEval, draw_candidates, text_probe, visible_text
+from .persona import PersonaEval, draw_candidates, text_probe, text_prompt
 
 CONDITIONS = ("activations", "shuffled", "no_activations", "text_only")
 QUESTION = SYSTEM_RECOVERY_QUESTION
@@ -158,8 +158,7 @@ class RecoveryEval:
     @staticmethod
     def text_dialog(record) -> list[dict]:
         """text_only's prompt to answer: the one ``text_probe`` scores, up to the answer."""
-        return [{"role": "user", "content": TEXT_ONLY_PROMPT.format(
-            conversation=visible_text(record), question=QUESTION)}]
+        return [{"role": "user", "content": text_prompt(record, QUESTION)}]
 
     def sources(self, condition: str, items, donor, data):
         """The dialogs, read selections and Reader control for ``condition``."""
