@@ -279,3 +279,26 @@ def test_init_decoder_of_another_shape_is_refused(tiny_target, tiny_decoder, tmp
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err
     assert "init_decoder" in err and "r=4" in err and "Traceback" not in err
+
+
+def test_fit_to_budget_times_the_first_steps_then_stops_in_time():
+    from latentqa.train.loop import fit_to_budget
+
+    # 20 steps in 10 s, 60 s budget: 100 more steps fit; later steps keep the fitted end
+    assert fit_to_budget(60, 20, 10.0, 20, 1000) == 120
+    assert fit_to_budget(60, 21, 10.5, 21, 120) == 120
+    assert fit_to_budget(600, 20, 10.0, 20, 50) == 50  # a budget never lengthens a run
+    assert fit_to_budget(60, 37, 61.0, 37, 120) == 37  # over budget: stop now
+
+
+def test_time_budget_ends_the_run_early_with_a_saved_decoder(tiny_target, tmp_path):
+    out = tmp_path / "run"
+    proc = _cli(_args(tiny_target, out, max_steps=400, max_minutes=0.0001, eval_every=1000,
+                      save_every=1000))
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["planned_steps"] == 400, summary
+    assert "the run ends at step 1" in log
+    assert (out / "decoder" / "adapter_model.safetensors").exists()
+    assert [c.name for c in list_checkpoints(out)] == ["step-0000001"]

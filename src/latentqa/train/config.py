@@ -100,6 +100,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     epochs: int = 1
     max_steps: int = 0  # 0: run `epochs` epochs
+    # a wall-clock budget for the steps (0: none): after timing its first steps the run
+    # shortens its step count, and the schedule with it, to end within the budget (a lease on
+    # a borrowed GPU); evaluation and saving come after it
+    max_minutes: float = 0.0
     batch_size: int = 8  # rows per process and micro-batch (see pack_questions)
     grad_accum: int = 1
     # a row is one record with all its QA pairs (the target read once, the decoder's
@@ -316,6 +320,7 @@ def check_config(cfg: TrainConfig, *, check_paths: bool = True) -> None:
     need(cfg.grad_accum >= 1, f"grad_accum must be at least 1, got {cfg.grad_accum}")
     need(cfg.epochs >= 1 or cfg.max_steps >= 1, "set epochs or max_steps to at least 1")
     need(cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}")
+    need(cfg.max_minutes >= 0, f"max_minutes must be >= 0, got {cfg.max_minutes}")
     need(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
     need(0 <= cfg.held_out < 1, f"held_out must be in [0, 1), got {cfg.held_out}")
     need(0 < cfg.train_labels <= 1, f"train_labels must be in (0, 1], got {cfg.train_labels}")

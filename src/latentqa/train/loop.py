@@ -45,6 +45,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         dist.close()
 
 
+FIT_AT = (20, 100, 500)  # steps done (this process) at which a time budget re-times the run
+
+
+def fit_to_budget(budget_s: float, steps_done: int, elapsed_s: float, step: int,
+                  total: int) -> int:
+    """The last step a run can reach within ``budget_s``, timed on the ``steps_done`` steps so
+    far (at the FIT_AT counts; over budget: now). Evaluations between are in the timing."""
+    if elapsed_s >= budget_s:
+        return step
+    if steps_done not in FIT_AT:
+        return total
+    per_step = elapsed_s / steps_done
+    return min(total, step + max(1, int((budget_s - elapsed_s) / per_step)))
+
+
 def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, overwrite: bool,
            log) -> dict:
     torch.manual_seed(cfg.seed)
@@ -89,6 +104,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
         f"{recipe.precision}, {dist.world} process(es)")
 
     t_start, examples, labelled = time.perf_counter(), 0.0, 0.0
+    first_step = step
     while step < total:
         batches = recipe.batches(epoch, batches_done)
         while step < total:
@@ -102,6 +118,14 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
             batches_done += cfg.grad_accum
             examples += result["examples"]
             labelled += result["labelled_tokens"]
+            if cfg.max_minutes and step < total:
+                fitted = fit_to_budget(cfg.max_minutes * 60, step - first_step,
+                                       time.perf_counter() - t_start, step, total)
+                if fitted < total:
+                    total = fitted
+                    recipe.shorten(total)
+                    log(f"step {step}: {cfg.max_minutes:g} min budget, the run ends at step "
+                        f"{total}")
 
             if step % cfg.log_every == 0 or step == total:
                 elapsed = max(time.perf_counter() - t_start, 1e-9)
@@ -126,6 +150,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
         epoch, batches_done = epoch + 1, 0
 
     summary = {"steps": step, "epochs_started": epoch + 1, "precision": recipe.precision,
+               "planned_steps": recipe.cfg.max_steps or None,
                "seconds": time.perf_counter() - t_start, "final": reporter.last_metrics(),
                **recipe.summary_inputs()}
     recipe.save_decoder(out_dir / "decoder", summary)

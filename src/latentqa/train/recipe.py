@@ -247,6 +247,8 @@ class Recipe:
                               f"{cfg.batch_size} x {cfg.grad_accum} accumulation x "
                               f"{dist.world} ranks")
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        if state is not None and "total_steps" in state:  # a time budget may have shortened it
+            self.total_steps = state["total_steps"]
         if cfg.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr,
                                                weight_decay=cfg.weight_decay,
@@ -262,6 +264,11 @@ class Recipe:
             else:
                 self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+
+    def shorten(self, total_steps: int) -> None:
+        """End the run at ``total_steps`` instead, the schedule stretched to that end."""
+        self.total_steps = total_steps
+        self.scheduler.lr_lambdas[0] = lr_lambda(self.cfg, total_steps)
 
     def batches(self, epoch: int, batches_done: int = 0):
         """This rank's micro-batches of row indices for ``epoch``, after the first
@@ -351,6 +358,7 @@ class Recipe:
                  if self.sharded else self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "step": step, "epoch": epoch,
                  "batches_done": batches_done, "rng": self._gather_rng(),
+                 "total_steps": self.total_steps,
                  "sharded": self.sharded}
         saved = self._saveable()
         if self.dist.main:
