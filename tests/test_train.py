@@ -285,10 +285,13 @@ def test_fit_to_budget_times_the_first_steps_then_stops_in_time():
     from latentqa.train.loop import fit_to_budget
 
     # 20 steps in 10 s, 60 s budget: 100 more steps fit; later steps keep the fitted end
-    assert fit_to_budget(60, 20, 10.0, 20, 1000) == 120
-    assert fit_to_budget(60, 21, 10.5, 21, 120) == 120
-    assert fit_to_budget(600, 20, 10.0, 20, 50) == 50  # a budget never lengthens a run
-    assert fit_to_budget(60, 37, 61.0, 37, 120) == 37  # over budget: stop now
+    assert fit_to_budget(60, 20, 10.0, 20, 1000, 1000) == 120
+    assert fit_to_budget(60, 21, 10.5, 21, 120, 1000) == 120
+    # at 100 steps the pace is faster than the first steps': steps come back, up to the plan
+    assert fit_to_budget(60, 100, 20.0, 100, 120, 1000) == 300
+    assert fit_to_budget(60, 100, 20.0, 100, 120, 200) == 200
+    assert fit_to_budget(600, 20, 10.0, 20, 50, 50) == 50  # a budget never lengthens a plan
+    assert fit_to_budget(60, 37, 61.0, 37, 120, 1000) == 37  # over budget: stop now
 
 
 def test_time_budget_ends_the_run_early_with_a_saved_decoder(tiny_target, tmp_path):

@@ -49,15 +49,17 @@ FIT_AT = (20, 100, 500)  # steps done (this process) at which a time budget re-t
 
 
 def fit_to_budget(budget_s: float, steps_done: int, elapsed_s: float, step: int,
-                  total: int) -> int:
-    """The last step a run can reach within ``budget_s``, timed on the ``steps_done`` steps so
-    far (at the FIT_AT counts; over budget: now). Evaluations between are in the timing."""
+                  total: int, planned: int) -> int:
+    """The last step a run can reach within ``budget_s`` and ``planned`` steps, timed on the
+    ``steps_done`` steps so far at the FIT_AT counts (the first steps run slow, so later fits
+    may give steps back); between fits ``total`` stands; over budget: now. Evaluations between
+    are in the timing."""
     if elapsed_s >= budget_s:
         return step
     if steps_done not in FIT_AT:
         return total
     per_step = elapsed_s / steps_done
-    return min(total, step + max(1, int((budget_s - elapsed_s) / per_step)))
+    return min(planned, step + max(1, int((budget_s - elapsed_s) / per_step)))
 
 
 def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, overwrite: bool,
@@ -104,7 +106,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
         f"{recipe.precision}, {dist.world} process(es)")
 
     t_start, examples, labelled = time.perf_counter(), 0.0, 0.0
-    first_step = step
+    first_step, planned = step, recipe.planned_steps
     while step < total:
         batches = recipe.batches(epoch, batches_done)
         while step < total:
@@ -120,10 +122,10 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
             labelled += result["labelled_tokens"]
             if cfg.max_minutes and step < total:
                 fitted = fit_to_budget(cfg.max_minutes * 60, step - first_step,
-                                       time.perf_counter() - t_start, step, total)
-                if fitted < total:
+                                       time.perf_counter() - t_start, step, total, planned)
+                if fitted != total:
                     total = fitted
-                    recipe.shorten(total)
+                    recipe.end_at(total)
                     log(f"step {step}: {cfg.max_minutes:g} min budget, the run ends at step "
                         f"{total}")
 

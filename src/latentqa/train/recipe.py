@@ -246,7 +246,7 @@ class Recipe:
             raise ConfigError(f"too little data for one step: {len(self.rows)} rows, batch "
                               f"{cfg.batch_size} x {cfg.grad_accum} accumulation x "
                               f"{dist.world} ranks")
-        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.total_steps = self.planned_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         if state is not None and "total_steps" in state:  # a time budget may have shortened it
             self.total_steps = state["total_steps"]
         if cfg.optimizer == "adamw":
@@ -265,8 +265,8 @@ class Recipe:
                 self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
 
-    def shorten(self, total_steps: int) -> None:
-        """End the run at ``total_steps`` instead, the schedule stretched to that end."""
+    def end_at(self, total_steps: int) -> None:
+        """End the run at ``total_steps`` instead, the schedule fitted to that end."""
         self.total_steps = total_steps
         self.scheduler.lr_lambdas[0] = lr_lambda(self.cfg, total_steps)
 
