@@ -281,17 +281,15 @@ def test_init_decoder_of_another_shape_is_refused(tiny_target, tiny_decoder, tmp
     assert "init_decoder" in err and "r=4" in err and "Traceback" not in err
 
 
-def test_fit_to_budget_times_the_first_steps_then_stops_in_time():
+def test_fit_to_budget_fits_the_end_to_the_pace_and_the_plan():
     from latentqa.train.loop import fit_to_budget
 
-    # 20 steps in 10 s, 60 s budget: 100 more steps fit; later steps keep the fitted end
-    assert fit_to_budget(60, 20, 10.0, 20, 1000, 1000) == 120
-    assert fit_to_budget(60, 21, 10.5, 21, 120, 1000) == 120
-    # at 100 steps the pace is faster than the first steps': steps come back, up to the plan
-    assert fit_to_budget(60, 100, 20.0, 100, 120, 1000) == 300
-    assert fit_to_budget(60, 100, 20.0, 100, 120, 200) == 200
-    assert fit_to_budget(600, 20, 10.0, 20, 50, 50) == 50  # a budget never lengthens a plan
-    assert fit_to_budget(60, 37, 61.0, 37, 120, 1000) == 37  # over budget: stop now
+    # 60 s budget, 10 s gone at step 20, 0.5 s a step: 100 more steps fit
+    assert fit_to_budget(60, 10.0, 20, 1000, 1000, 0.5) == 120
+    # a faster pace later gives steps back, up to the plan, never past it
+    assert fit_to_budget(60, 20.0, 100, 120, 1000, 0.2) == 300
+    assert fit_to_budget(60, 20.0, 100, 120, 200, 0.2) == 200
+    assert fit_to_budget(60, 61.0, 37, 120, 1000, 0.5) == 37  # over budget: stop now
 
 
 def test_time_budget_ends_the_run_early_with_a_saved_decoder(tiny_target, tmp_path):

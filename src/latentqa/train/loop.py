@@ -48,18 +48,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 FIT_AT = (20, 100, 500)  # steps done (this process) at which a time budget re-times the run
 
 
-def fit_to_budget(budget_s: float, steps_done: int, elapsed_s: float, step: int,
-                  total: int, planned: int) -> int:
-    """The last step a run can reach within ``budget_s`` and ``planned`` steps, timed on the
-    ``steps_done`` steps so far at the FIT_AT counts (the first steps run slow, so later fits
-    may give steps back); between fits ``total`` stands; over budget: now. Evaluations between
-    are in the timing."""
+def fit_to_budget(budget_s: float, elapsed_s: float, step: int, total: int, planned: int,
+                  per_step_s: float) -> int:
+    """The last step a run can reach within ``budget_s`` at ``per_step_s`` a step, and never
+    past ``planned``; over budget: now."""
     if elapsed_s >= budget_s:
         return step
-    if steps_done not in FIT_AT:
-        return total
-    per_step = elapsed_s / steps_done
-    return min(planned, step + max(1, int((budget_s - elapsed_s) / per_step)))
+    return min(planned, step + max(1, int((budget_s - elapsed_s) / per_step_s)))
 
 
 def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, overwrite: bool,
@@ -106,7 +101,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
         f"{recipe.precision}, {dist.world} process(es)")
 
     t_start, examples, labelled = time.perf_counter(), 0.0, 0.0
-    first_step, planned = step, recipe.planned_steps
+    first_step, planned, fit_mark = step, recipe.planned_steps, (0, 0.0)
     while step < total:
         batches = recipe.batches(epoch, batches_done)
         while step < total:
@@ -121,13 +116,18 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
             examples += result["examples"]
             labelled += result["labelled_tokens"]
             if cfg.max_minutes and step < total:
-                fitted = fit_to_budget(cfg.max_minutes * 60, step - first_step,
-                                       time.perf_counter() - t_start, step, total, planned)
-                if fitted != total:
-                    total = fitted
-                    recipe.end_at(total)
-                    log(f"step {step}: {cfg.max_minutes:g} min budget, the run ends at step "
-                        f"{total}")
+                now, done = time.perf_counter() - t_start, step - first_step
+                if done in FIT_AT or now >= cfg.max_minutes * 60:
+                    # the pace since the last fit: the first steps run slow (warm-up)
+                    per_step = (now - fit_mark[1]) / max(1, done - fit_mark[0])
+                    fit_mark = (done, now)
+                    fitted = fit_to_budget(cfg.max_minutes * 60, now, step, total, planned,
+                                           per_step)
+                    if fitted != total:
+                        total = fitted
+                        recipe.end_at(total)
+                        log(f"step {step}: {cfg.max_minutes:g} min budget, the run ends at "
+                            f"step {total}")
 
             if step % cfg.log_every == 0 or step == total:
                 elapsed = max(time.perf_counter() - t_start, 1e-9)
