@@ -23,12 +23,13 @@ torch.manual_seed(0)
 build_from_config(cfg).save_pretrained("/tmp/lease/tiny"); tok.save_pretrained("/tmp/lease/tiny")
 P
 D='data=["tests/fixtures/data/good"]'
-COMMON="model=/tmp/lease/tiny batch_size=2 eval_examples=4 --overwrite"
+COMMON="model=/tmp/lease/tiny batch_size=2 eval_examples=4"
 python3 -m latentqa.cli train "$D" $COMMON read_layers=[2] max_steps=4 eval_every=2 \
-  save_every=2 out_dir=/tmp/lease/smoke1 2>&1 | tail -4
+  save_every=2 out_dir=/tmp/lease/smoke1 --overwrite 2>&1 | tail -4
 python3 -m latentqa.cli train "$D" $COMMON read_layers=[1,2,3] read_together=true max_steps=3 \
-  eval_every=3 save_every=3 max_minutes=1 out_dir=/tmp/lease/smoke2 2>&1 | tail -4
+  eval_every=3 save_every=3 max_minutes=1 out_dir=/tmp/lease/smoke2 --overwrite 2>&1 | tail -4
 python3 -m latentqa.cli read --decoder /tmp/lease/smoke1/decoder --target /tmp/lease/tiny \
   --allow-other-target --system "You are a pirate." --user "Hi" -q "Who is the assistant?" \
   --max-new-tokens 8 2>&1 | tail -2
+for d in smoke1 smoke2; do [ -f /tmp/lease/$d/decoder/adapter_model.safetensors ] || echo "SMOKE FAILED: $d"; done
 echo "stage 1 done in $(( $(date +%s) - T0 )) s"
