@@ -1,6 +1,6 @@
 #!/bin/bash
 # Lease call 2 (carry .lease/p2, right after call 1): the GGUF joined and converted, the data in
-# place, each of $CONFIGS trained in turn, each run's decoder and metrics to $OUT in parts.
+# place, optionally a profile of $PROFILE's step, each of $CONFIGS trained in turn, each run's decoder and metrics to $OUT in parts.
 set -x
 T0=$(date +%s)
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 LATENTQA_CACHE=/tmp/lqa-cache
@@ -15,6 +15,10 @@ tar xzf .lease/p2/data.tgz -C /tmp/lease
 mkdir -p ../shared ../runs/onpolicy && ln -sfn /tmp/lease/data ../shared/data
 cp /tmp/lease/onpolicy/*.jsonl ../runs/onpolicy/ 2>/dev/null
 echo "setup $(( $(date +%s) - T0 )) s"
+if [ -n "${PROFILE:-}" ]; then  # where a step's time goes on the GPU, before spending the lease
+  python3 benchmarks/train_step_profile.py --config "${PROFILE}" > "$OUT/profile.json" 2>&1
+  head -c 600 "$OUT/profile.json"
+fi
 for config in $CONFIGS; do
   out=$(python3 -c "from latentqa.train import build_config; from latentqa.train.config import \
 read_config_file; print(build_config(read_config_file('$config')).out_dir)")
