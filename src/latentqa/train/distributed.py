@@ -34,9 +34,19 @@ class Distributed:
         return self.rank == 0
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        return value
+        return self._reduce(value, dist.ReduceOp.SUM) if self.world > 1 else value
+
+    def min_int(self, value: int) -> int:
+        """The smallest of the ranks' ``value``s (every rank must call it)."""
+        if self.world == 1:
+            return value
+        return int(self._reduce(torch.tensor([value]), dist.ReduceOp.MIN).item())
+
+    def _reduce(self, value: torch.Tensor, op) -> torch.Tensor:
+        # NCCL reduces only tensors on the rank's GPU; gloo takes them where they are
+        out = value.to(self.device)
+        dist.all_reduce(out, op=op)
+        return out.to(value.device)
 
     def barrier(self):
         if self.world > 1:

@@ -115,19 +115,22 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
             batches_done += cfg.grad_accum
             examples += result["examples"]
             labelled += result["labelled_tokens"]
-            if cfg.max_minutes and step < total:
-                now, done = time.perf_counter() - t_start, step - first_step
-                if done in FIT_AT or now >= cfg.max_minutes * 60:
-                    # the pace since the last fit: the first steps run slow (warm-up)
-                    per_step = (now - fit_mark[1]) / max(1, done - fit_mark[0])
+            done = step - first_step
+            # every rank checks at the same steps and they agree on the end (a collective)
+            if cfg.max_minutes and step < total and (done in FIT_AT or step % cfg.log_every == 0):
+                now, budget = time.perf_counter() - t_start, cfg.max_minutes * 60
+                if done in FIT_AT:  # the pace since the last fit: the first steps run slow
+                    per_step = (now - fit_mark[1]) / (done - fit_mark[0])
                     fit_mark = (done, now)
-                    fitted = fit_to_budget(cfg.max_minutes * 60, now, step, total, planned,
-                                           per_step)
-                    if fitted != total:
-                        total = fitted
-                        recipe.end_at(total)
-                        log(f"step {step}: {cfg.max_minutes:g} min budget, the run ends at "
-                            f"step {total}")
+                    fitted = fit_to_budget(budget, now, step, total, planned, per_step)
+                else:
+                    fitted = step if now >= budget else total
+                fitted = dist.min_int(fitted)
+                if fitted != total:
+                    total = fitted
+                    recipe.end_at(total)
+                    log(f"step {step}: {cfg.max_minutes:g} min budget, the run ends at step "
+                        f"{total}")
 
             if step % cfg.log_every == 0 or step == total:
                 elapsed = max(time.perf_counter() - t_start, 1e-9)
