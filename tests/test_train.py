@@ -303,3 +303,9 @@ def test_time_budget_ends_the_run_early_with_a_saved_decoder(tiny_target, tmp_pa
     assert "the run ends at step 1" in log
     assert (out / "decoder" / "adapter_model.safetensors").exists()
     assert [c.name for c in list_checkpoints(out)] == ["step-0000001"]
+    # resumed, it keeps the end its budget fitted instead of running on to max_steps
+    proc = _cli(_args(tiny_target, out, max_steps=400, max_minutes=0.0001, eval_every=1000,
+                      save_every=1000) + ["--resume"])
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    assert json.loads((out / "summary.json").read_text())["steps"] == 1

@@ -247,8 +247,8 @@ class Recipe:
                               f"{cfg.batch_size} x {cfg.grad_accum} accumulation x "
                               f"{dist.world} ranks")
         self.total_steps = self.planned_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        if state is not None and "total_steps" in state:  # a time budget may have shortened it
-            self.total_steps = state["total_steps"]
+        if cfg.max_minutes and state is not None and "fitted_steps" in state:
+            self.total_steps = min(self.planned_steps, state["fitted_steps"])  # the budget's end
         if cfg.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr,
                                                weight_decay=cfg.weight_decay,
@@ -358,7 +358,8 @@ class Recipe:
                  if self.sharded else self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "step": step, "epoch": epoch,
                  "batches_done": batches_done, "rng": self._gather_rng(),
-                 "total_steps": self.total_steps,
+                 **({"fitted_steps": self.total_steps}
+                    if self.total_steps != self.planned_steps else {}),
                  "sharded": self.sharded}
         saved = self._saveable()
         if self.dist.main:
