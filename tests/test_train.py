@@ -285,11 +285,11 @@ def test_fit_to_budget_fits_the_end_to_the_pace_and_the_plan():
     from latentqa.train.loop import fit_to_budget
 
     # 60 s budget, 10 s gone at step 20, 0.5 s a step: 100 more steps fit
-    assert fit_to_budget(60, 10.0, 20, 1000, 1000, 0.5) == 120
+    assert fit_to_budget(60, 10.0, 20, 1000, 0.5) == 120
     # a faster pace later gives steps back, up to the plan, never past it
-    assert fit_to_budget(60, 20.0, 100, 120, 1000, 0.2) == 300
-    assert fit_to_budget(60, 20.0, 100, 120, 200, 0.2) == 200
-    assert fit_to_budget(60, 61.0, 37, 120, 1000, 0.5) == 37  # over budget: stop now
+    assert fit_to_budget(60, 20.0, 100, 1000, 0.2) == 300
+    assert fit_to_budget(60, 20.0, 100, 200, 0.2) == 200
+    assert fit_to_budget(60, 61.0, 37, 1000, 0.5) == 37  # over budget: stop now
 
 
 def test_time_budget_ends_the_run_early_with_a_saved_decoder(tiny_target, tmp_path):

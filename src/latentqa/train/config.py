@@ -100,9 +100,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     epochs: int = 1
     max_steps: int = 0  # 0: run `epochs` epochs
-    # a wall-clock budget for the steps (0: none): after timing its first steps the run
-    # shortens its step count, and the schedule with it, to end within the budget (a lease on
-    # a borrowed GPU); evaluation and saving come after it
+    # a wall-clock budget for the steps (0: none): the run times its pace and fits its last
+    # step (never past max_steps or epochs), and the schedule with it, to end within the budget
+    # (a lease on a borrowed GPU); evaluation and saving come after it
     max_minutes: float = 0.0
     batch_size: int = 8  # rows per process and micro-batch (see pack_questions)
     grad_accum: int = 1

@@ -48,7 +48,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 FIT_AT = (20, 100, 500)  # steps done (this process) at which a time budget re-times the run
 
 
-def fit_to_budget(budget_s: float, elapsed_s: float, step: int, total: int, planned: int,
+def fit_to_budget(budget_s: float, elapsed_s: float, step: int, planned: int,
                   per_step_s: float) -> int:
     """The last step a run can reach within ``budget_s`` at ``per_step_s`` a step, and never
     past ``planned``; over budget: now."""
@@ -101,7 +101,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
         f"{recipe.precision}, {dist.world} process(es)")
 
     t_start, examples, labelled = time.perf_counter(), 0.0, 0.0
-    first_step, planned, fit_mark = step, recipe.planned_steps, (0, 0.0)
+    first_step, fit_mark = step, (0, 0.0)
     while step < total:
         batches = recipe.batches(epoch, batches_done)
         while step < total:
@@ -122,7 +122,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
                 if done in FIT_AT:  # the pace since the last fit: the first steps run slow
                     per_step = (now - fit_mark[1]) / (done - fit_mark[0])
                     fit_mark = (done, now)
-                    fitted = fit_to_budget(budget, now, step, total, planned, per_step)
+                    fitted = fit_to_budget(budget, now, step, recipe.planned_steps, per_step)
                 else:
                     fitted = step if now >= budget else total
                 fitted = dist.min_int(fitted)
@@ -155,7 +155,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
         epoch, batches_done = epoch + 1, 0
 
     summary = {"steps": step, "epochs_started": epoch + 1, "precision": recipe.precision,
-               "planned_steps": recipe.cfg.max_steps or None,
+               "planned_steps": recipe.planned_steps,
                "seconds": time.perf_counter() - t_start, "final": reporter.last_metrics(),
                **recipe.summary_inputs()}
     recipe.save_decoder(out_dir / "decoder", summary)
