@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from latentqa.decoder import SIDECAR
 from latentqa.files import replace_dir
+from latentqa.provenance import source_revision
 
 
 def main():
@@ -40,8 +40,6 @@ def main():
     config["base_model_name_or_path"] = args.target_spec
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     spec = json.loads((src / SIDECAR).read_text())
-    revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
     spec["target"] = args.target_spec
     run_config = src.parent.parent / "config.json"  # a checkpoint inside a training run
     if src.parent.name == "checkpoints" and run_config.exists():
@@ -50,8 +48,14 @@ def main():
             {k: cfg.get(k) for k in ("held_out", "split_seed", "system_recovery", "plain_share",
                                      "data", "max_steps", "lr", "batch_size", "seed")},
             trained_steps=int(src.name.split("-")[-1]))
+        stages = src.parent.parent / "stages.jsonl"  # every start of the run, to this step
+        if stages.exists():
+            step = spec["extra"]["trained_steps"]
+            spec["extra"]["stages"] = [
+                row for row in map(json.loads, stages.read_text().splitlines())
+                if row["from_step"] < step]
     spec.setdefault("extra", {}).update(
-        {"command": args.command, "git_revision": revision, "source": str(src),
+        {"command": args.command, **source_revision(), "source": str(src),
          "shipped_dtype": "bfloat16"})
     (tmp / SIDECAR).write_text(json.dumps(spec, indent=2) + "\n")
     keep = dest / "MODEL_CARD.md"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -111,6 +112,17 @@ def test_run_writes_decoder_metrics_plot_and_steps_the_schedule_per_step(tiny_ta
                        .read_text())
     assert saved["extra"]["held_out"] == 0.1 and saved["extra"]["split_seed"] == 0
     assert saved["extra"]["data_files"] == spec["extra"]["data_files"]
+    # how it was made: the command, the source's revision and the data, in the run and sidecar
+    from latentqa.provenance import source_revision
+
+    stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
+    assert len(stages) == 1 and stages[0]["from_step"] == 0
+    args = _args(tiny_target, out, schedule="cosine", max_steps=5, save_every=5)
+    assert shlex.split(stages[0]["command"]) == ["latentqa", "train", *args]  # typed again
+    assert stages[0]["git_revision"] == source_revision()["git_revision"]
+    assert set(stages[0]["data_files"]) == set(DATA)
+    assert spec["extra"]["stages"] == stages
+    assert json.loads((out / "summary.json").read_text())["stages"] == stages
 
 
 @pytest.mark.heavy
@@ -143,6 +155,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_target, tmp_path)
     steps = [json.loads(x).get("step") for x in (killed / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in x]
     assert steps == sorted(set(steps)), "metrics logged twice after the resume"
+    # both starts are on record, the second from the checkpoint it resumed
+    stages = json.loads((killed / "decoder" / "latentqa_decoder.json").read_text())[
+        "extra"]["stages"]
+    assert [s["from_step"] for s in stages] == [0, int(done[-1].name.split("-")[-1])]
+    assert stages[1]["command"].endswith("--resume")
 
 
 @pytest.mark.heavy

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from ..arch import config_info
-from ..files import write_json
+from ..files import file_hashes, write_json
 from ..models import load_config
+from ..provenance import invocation
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, check_layers
 from .distributed import Distributed
@@ -96,6 +97,10 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
             "train_pairs": len(recipe.train_set), "train_rows": len(recipe.rows),
             "eval_pairs": len(recipe.eval_set),
             "eval_labels": sorted(recipe.eval_data.labels)[:2000]}})
+        reporter.add_stage({**invocation(), "from_step": step, "device": str(dist.device),
+                            "world_size": dist.world, "precision": recipe.precision,
+                            "data_files": file_hashes([*cfg.data,
+                                                       *recipe.extra_data_files()])})
     log(f"training on {len(recipe.train_set)} pairs in {len(recipe.rows)} rows "
         f"({len(recipe.eval_set)} pairs held out), {total} steps, precision "
         f"{recipe.precision}, {dist.world} process(es)")
@@ -157,7 +162,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
     summary = {"steps": step, "epochs_started": epoch + 1, "precision": recipe.precision,
                "planned_steps": recipe.planned_steps,
                "seconds": time.perf_counter() - t_start, "final": reporter.last_metrics(),
-               **recipe.summary_inputs()}
+               **recipe.summary_inputs(), "stages": reporter.stages()}
     recipe.save_decoder(out_dir / "decoder", summary)
     if dist.main:
         reporter.finish(summary)

@@ -387,16 +387,21 @@ class Recipe:
     def save_decoder(self, directory: Path, summary: dict) -> None:
         """The trained decoder with its sidecar, which records how it was made."""
         self.spec.extra = {**self.provenance(), "trained_steps": summary["steps"],
-                           "final_metrics": summary["final"]}
+                           "final_metrics": summary["final"],
+                           "stages": summary.get("stages", [])}
         saved = self._saveable()
         if self.dist.main:
             save_decoder(saved, directory, self.spec)
         self.dist.barrier()
 
-    def summary_inputs(self) -> dict:
+    def extra_data_files(self) -> list[str]:
+        """What the run reads beside ``data``: system prompts, relations, classification sets."""
         cfg = self.cfg
-        extra = [*cfg.system_prompt_data, *cfg.relation_data] + (
+        return [*cfg.system_prompt_data, *cfg.relation_data] + (
             [cfg.classification_data] if cfg.classification_share else [])
+
+    def summary_inputs(self) -> dict:
+        extra = self.extra_data_files()
         return {"data_files": self.spec.extra["data_files"],
                 "extra_data_files": file_hashes(extra) if extra else {},
                 "cache": self.cache.stats() if self.cache else None}

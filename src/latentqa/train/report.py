@@ -1,4 +1,5 @@
-"""What a training run leaves behind: metrics as JSONL, a loss-curve PNG, a summary."""
+"""What a training run leaves behind: metrics and stages as JSONL, a loss-curve PNG, a
+summary."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ class Reporter:
     def __init__(self, out_dir: Path, *, enabled: bool = True):
         self.out_dir, self.enabled = Path(out_dir), enabled
         self.path = self.out_dir / "metrics.jsonl"
+        self.stages_path = self.out_dir / "stages.jsonl"
         self._last: dict = {}
 
     def log(self, row: dict) -> None:
@@ -24,6 +26,28 @@ class Reporter:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+    def add_stage(self, stage: dict) -> None:
+        """One start of this run (fresh or resumed): its command, source and data, kept across
+        resumes so that the decoder records every stage that made it."""
+        if not self.enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.stages_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(stage) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def stages(self) -> list[dict]:
+        if not self.enabled or not self.stages_path.exists():
+            return []
+        out = []
+        for line in self.stages_path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line from a kill
+        return out
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop rows logged after the checkpoint, which will be logged again."""

@@ -18,8 +18,8 @@ from .checkpoint import list_checkpoints
 from .config import ConfigError, TrainConfig
 
 # what `latentqa train` writes in out_dir (report.py, checkpoint.py, loop.py, cache.py)
-RUN_ENTRIES = ("config.json", "metrics.jsonl", "summary.json", "loss.png", "decoder",
-               "checkpoints", "activation_cache")
+RUN_ENTRIES = ("config.json", "metrics.jsonl", "stages.jsonl", "summary.json", "loss.png",
+               "decoder", "checkpoints", "activation_cache")
 # written at the end of a run: a directory holding one holds a finished run
 FINISHED = ("decoder", "summary.json")
 
