@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from latentqa.decoder import SIDECAR
 from latentqa.files import replace_dir
 from latentqa.provenance import source_revision
+from latentqa.train.report import read_rows
 
 
 def main():
@@ -51,9 +52,8 @@ def main():
         stages = src.parent.parent / "stages.jsonl"  # every start of the run, to this step
         if stages.exists():
             step = spec["extra"]["trained_steps"]
-            spec["extra"]["stages"] = [
-                row for row in map(json.loads, stages.read_text().splitlines())
-                if row["from_step"] < step]
+            spec["extra"]["stages"] = [row for _, row in read_rows(stages)
+                                       if row["from_step"] < step]
     spec.setdefault("extra", {}).update(
         {"command": args.command, **source_revision(), "source": str(src),
          "shipped_dtype": "bfloat16"})

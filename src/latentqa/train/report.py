@@ -10,6 +10,28 @@ from pathlib import Path
 from ..files import save_figure, write_json, write_text
 
 
+def append_row(path: Path, row: dict) -> None:
+    """One JSON line, on disk before the call returns (a kill loses at most the line torn)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rows(path: Path) -> list[tuple[str, dict]]:
+    """Each JSON line with its text; a torn last line from a kill is skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 class Reporter:
     def __init__(self, out_dir: Path, *, enabled: bool = True):
         self.out_dir, self.enabled = Path(out_dir), enabled
@@ -19,54 +41,27 @@ class Reporter:
 
     def log(self, row: dict) -> None:
         self._last.update(row)
-        if not self.enabled:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self.enabled:
+            append_row(self.path, row)
 
     def add_stage(self, stage: dict) -> None:
         """One start of this run (fresh or resumed): its command, source and data, kept across
         resumes so that the decoder records every stage that made it."""
-        if not self.enabled:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.stages_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(stage) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self.enabled:
+            append_row(self.stages_path, stage)
 
     def stages(self) -> list[dict]:
-        if not self.enabled or not self.stages_path.exists():
-            return []
-        out = []
-        for line in self.stages_path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line from a kill
-        return out
+        return [row for _, row in read_rows(self.stages_path)] if self.enabled else []
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop rows logged after the checkpoint, which will be logged again."""
         if not self.enabled or not self.path.exists():
             return
-        keep = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a kill
-            if row.get("step", 0) <= step:
-                keep.append(line)
+        keep = [line for line, row in read_rows(self.path) if row.get("step", 0) <= step]
         write_text(self.path, "".join(line + "\n" for line in keep))
 
     def rows(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [row for _, row in read_rows(self.path)]
 
     def last_metrics(self) -> dict:
         return dict(self._last)
