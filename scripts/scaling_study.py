@@ -4,8 +4,9 @@ which kind of data moves it?
 Each point of ``configs/scaling/`` trains a decoder from scratch for the same number of steps
 (about the same number of examples), the data growing from point to point: a quarter, half and
 all of the shared data's training labels, then + the unlabeled system prompts, then + the
-target's own replies; and one lever beside the data, the unlabeled point reading three blocks
-together (``unlabeled-layers``). Every point is evaluated by the same command (``latentqa eval persona``
+target's own replies; and levers beside the data: the unlabeled point reading three blocks
+together (``unlabeled-layers``), and all the labels with a quarter of Activation Oracles'
+yes/no classification questions (``classification``) or of context prediction (``context``). Every point is evaluated by the same command (``latentqa eval persona``
 on the shared data's held-out labels, all five conditions; its adapter-free conditions come
 from the evaluation cache after the first point), then out of distribution on
 ``evals/ood-hidden-prompts`` (hand-written behaviours no training config reads: ``eval persona``
@@ -33,7 +34,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-POINTS = ("labels-25", "labels-50", "labels-100", "unlabeled", "onpolicy", "unlabeled-layers")
+POINTS = ("labels-25", "labels-50", "labels-100", "unlabeled", "onpolicy", "unlabeled-layers",
+          "classification", "context")
 DATA = "../shared/data/latentqa"
 OOD = "evals/ood-hidden-prompts"
 ONPOLICY = REPO.parent / "runs" / "onpolicy" / "labelled.jsonl"
@@ -145,13 +147,18 @@ def report() -> None:
               f"{f(o, 'shuffled', 3)} | {f(o, 'text_only', 3)} | {f(op, 'activations')} | "
               f"{f(op, 'shuffled')} | {f(op, 'text_only')} | {f(orc, 'activations')} | "
               f"{f(orc, 'shuffled')} |")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    axes = axes.ravel()
     names = list(found)
-    for ax, key, title in ((axes[0], "system", "held-out system records"),
-                           (axes[1], "overall", "all held-out records")):
+    panels = ((axes[0], lambda p: found[p]["system"], "held-out system records"),
+              (axes[1], lambda p: found[p]["overall"], "all held-out records"),
+              (axes[2], lambda p: found[p]["ood"].get("persona", {}),
+               "out of distribution (hand-written hidden prompts)"))
+    for ax, accuracies, title in panels:
         for c in ("activations", "shuffled", "text_only"):
-            ax.plot(names, [found[p][key].get(c, float("nan")) for p in names], marker="o",
+            ax.plot(names, [accuracies(p).get(c, float("nan")) for p in names], marker="o",
                     label=c)
+        ax.axhline(0.2, color="grey", linestyle=":", linewidth=1)  # chance: 5 choices
         ax.set_title(title)
         ax.set_ylabel("accuracy (5 choices)")
         ax.set_ylim(0, 1)
@@ -159,10 +166,10 @@ def report() -> None:
     axes[0].legend()
     for point, r in found.items():  # the examples-seen axis: held-out loss along each run
         steps = [s for s, _, _ in r["curve"]]
-        axes[2].plot(steps, [loss for _, loss, _ in r["curve"]], marker=".", label=point)
-    axes[2].set_title("held-out loss (real activations) along the run")
-    axes[2].set_xlabel("optimizer step (about nine examples each)")
-    axes[2].legend()
+        axes[3].plot(steps, [loss for _, loss, _ in r["curve"]], marker=".", label=point)
+    axes[3].set_title("held-out loss (real activations) along the run")
+    axes[3].set_xlabel("optimizer step (about nine examples each)")
+    axes[3].legend()
     fig.tight_layout()
     save_figure(fig, REPO / "docs" / "img" / "scaling.png")
     print("wrote docs/img/scaling.png")
