@@ -149,6 +149,119 @@ def ood_identity(model, tokenizer, folder: str, layers, batch_size: int, seed: i
     return out
 
 
+def embed(model, tokenizer, texts, layers, batch_size: int) -> dict:
+    """{layer: [n, H]}: a text's own representation, the mean read vector of the text given to
+    the target as a user turn (the space the recovery probe maps activations into)."""
+    feats = features(model, tokenizer, [[{"role": "user", "content": t}] for t in texts],
+                     layers, batch_size)
+    return {k: v[:, :v.shape[1] // 2] for k, v in feats.items()}
+
+
+def rank_accuracy(predicted, candidates, correct, centre) -> list[bool]:
+    """Per item, whether the true candidate is nearest (cosine, about the training mean) to
+    the predicted representation."""
+    hits = []
+    for p, cands, c in zip(predicted, candidates, correct):
+        p, cands = p - centre, cands - centre
+        cos = cands @ p / (np.linalg.norm(cands, axis=1) * np.linalg.norm(p) + 1e-12)
+        hits.append(int(np.argmax(cos)) == c)
+    return hits
+
+
+def recovery_reference(model, tokenizer, folder: str, train_path: str, limit: int, layers,
+                       batch_size: int, seed: int) -> dict:
+    """A linear reference for ``eval recovery``'s ranking (the true hidden prompt among five of
+    its family) on ``folder``, with the same items and shuffled donors: a ridge regression,
+    fitted on the unlabeled prompts (none of them in ``folder``), maps a dialog's read vectors
+    to its prompt's own representation (``embed``); each item's candidates are ranked by cosine
+    to the prediction. Controls: the same map fitted and applied on the user turn alone
+    (``text_only``), the real map on another record's activations (``shuffled``) and on the
+    record with its prompt replaced by neutral text of as many tokens (``filler``: what the
+    prompt's length alone tells); an
+    in-distribution check ranks held-out unlabeled prompts among four of their family."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from latentqa.data import load_data
+    from latentqa.evaluation.recovery import build_items, donors
+    from latentqa.stats import mcnemar_exact, summarize
+
+    data = load_data([folder], system_recovery=True)
+    items = build_items(data, choices=5, seed=seed)
+    donor = donors(items, data, seed)
+    pool = json.loads(Path(train_path).read_text())
+    random.Random(seed).shuffle(pool)
+    pool = pool[:limit] if limit else pool
+    n_val = len(pool) // 5
+    train, val = pool[n_val:], pool[:n_val]
+
+    def hidden(system, user):
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def read(dialogs):
+        return features(model, tokenizer, dialogs, layers, batch_size)
+
+    x = {"hidden": read([hidden(r["system"], r["stimulus_user"]) for r in pool]),
+         "text": read([[{"role": "user", "content": r["stimulus_user"]}] for r in pool])}
+    y = embed(model, tokenizer, [r["system"] for r in pool], layers, batch_size)
+    records = [data.records[i.record] for i in items]
+    test = {"hidden": read([list(r.messages) for r in records]),
+            "donor": read([list(data.records[d].messages) for d in donor]),
+            "text": read([[m for m in r.messages if m["role"] != "system"] for r in records]),
+            "filler": read([[{**m, "content": filler(tokenizer, m["content"])}
+                             if m["role"] == "system" else m for m in r.messages]
+                            for r in records])}
+    cand_texts = sorted({c for i in items for c in i.candidates})
+    cand = embed(model, tokenizer, cand_texts, layers, batch_size)
+    where = {t: j for j, t in enumerate(cand_texts)}
+    # in distribution: each held-out unlabeled prompt among four others of its family
+    rng = random.Random(seed + 2)
+    family = [r["label"].split("-")[0] for r in val]
+    val_sets = []
+    for j in range(len(val)):
+        others = [o for o in range(len(val)) if o != j and family[o] == family[j]
+                  and val[o]["system"] != val[j]["system"]]
+        picked = rng.sample(others, 4) + [j]
+        rng.shuffle(picked)
+        val_sets.append((picked, picked.index(j)))
+    tr, va = slice(n_val, None), slice(0, n_val)
+    out = {"data": folder, "train_prompts": len(train), "in_distribution_items": len(val),
+           "items": len(items), "chance": 0.2,
+           "ranked_by": "cosine to a ridge map of the read vectors (mean and last) into the "
+                        "prompt's own mean representation",
+           "layers": {}}
+    for k in layers:
+        maps = {v: make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(0, 5, 11)))
+                .fit(x[v][k][tr], y[k][tr]) for v in ("hidden", "text")}
+        centre = y[k][tr].mean(0)
+        cands = [np.stack([cand[k][where[c]] for c in i.candidates]) for i in items]
+        correct = [i.correct for i in items]
+        hits = {"activations": rank_accuracy(maps["hidden"].predict(test["hidden"][k]), cands,
+                                             correct, centre),
+                "shuffled": rank_accuracy(maps["hidden"].predict(test["donor"][k]), cands,
+                                          correct, centre),
+                "text_only": rank_accuracy(maps["text"].predict(test["text"][k]), cands,
+                                           correct, centre),
+                "filler": rank_accuracy(maps["hidden"].predict(test["filler"][k]), cands,
+                                        correct, centre)}
+        row = {c: summarize(h) for c, h in hits.items()}
+        row["mcnemar_p_vs_activations"] = {
+            c: mcnemar_exact(hits["activations"], h) for c, h in hits.items()
+            if c != "activations"}
+        vy = y[k][va]
+        row["in_distribution"] = {
+            v: float(np.mean(rank_accuracy(maps[v].predict(x[v][k][va]),
+                                           [vy[p] for p, _ in val_sets],
+                                           [c for _, c in val_sets], centre)))
+            for v in ("hidden", "text")}
+        out["layers"][str(k)] = row
+        print(f"layer {k:2d}  OOD " + "  ".join(
+            f"{c} {row[c]['accuracy']:.3f}" for c in hits) + "  in-distribution " + "  ".join(
+            f"{v} {a:.3f}" for v, a in row["in_distribution"].items()), flush=True)
+    return out
+
+
 def finish(result: dict, start: float, json_path) -> int:
     result["seconds"] = time.perf_counter() - start
     if json_path:
@@ -169,11 +282,19 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ood", metavar="DIR", help="behaviour identity on this set instead")
+    ap.add_argument("--recovery", metavar="DIR",
+                    help="a linear reference for `eval recovery` on this set instead, its map "
+                         "fitted on --data")
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
 
     start = time.perf_counter()
     layers = [int(x) for x in args.layers.split(",")]
+    if args.recovery:
+        loaded = load_model(args.model)
+        result = recovery_reference(loaded.model.eval(), loaded.tokenizer, args.recovery,
+                                    args.data, args.limit, layers, args.batch_size, args.seed)
+        return finish(result, start, args.json)
     if args.ood:
         loaded = load_model(args.model)
         result = ood_identity(loaded.model.eval(), loaded.tokenizer, args.ood, layers,

@@ -350,12 +350,21 @@ def rows_loss_sum(model, probes: list[list], vectors: list[torch.Tensor] | None,
     packed row, its shared prefix once, and the opening every row shares (the chat header
     before the placeholders) once for the batch (``grouped_logprobs``; ``share_opening=False``
     runs it in every row: a sharded model's body must run once per backward)."""
-    vectors = [None] * len(probes) if vectors is None else vectors
-    groups = [Group(p, v) for p, v in zip(probes, vectors)]
-    out = grouped_logprobs(model, groups, pad_id=pad_id, write_layer=write_layer, mode=mode,
-                           batch_size=sum(len(p) for p in probes), share_opening=share_opening)
+    out = rows_logprobs(model, probes, vectors, pad_id=pad_id, write_layer=write_layer,
+                        mode=mode, share_opening=share_opening)
     logp = torch.cat([x for row in out for x in row])
     return -logp.sum(), logp.numel()
+
+
+def rows_logprobs(model, probes: list[list], vectors: list[torch.Tensor] | None, *, pad_id: int,
+                  write_layer: int = 0, mode: str = "replace",
+                  share_opening: bool = True) -> list[list[torch.Tensor]]:
+    """The labelled-token log-probs of each probe of each row (``out[i][k]`` for probe k of
+    ``probes[i]``), ``vectors[i]`` injected into row i, packed as ``rows_loss_sum`` packs."""
+    vectors = [None] * len(probes) if vectors is None else vectors
+    groups = [Group(p, v) for p, v in zip(probes, vectors)]
+    return grouped_logprobs(model, groups, pad_id=pad_id, write_layer=write_layer, mode=mode,
+                            batch_size=sum(len(p) for p in probes), share_opening=share_opening)
 
 
 def per_row_logprob(logp: torch.Tensor, positions: torch.Tensor, batch_size: int):

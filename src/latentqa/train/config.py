@@ -61,6 +61,10 @@ class TrainConfig:
     classification_sets: list[str] = field(default_factory=list)  # empty: every set
     classification_share: float = 0.0
     context_share: float = 0.0
+    # the activation-contrast loss (train/recipe.py, DecoderLoss): its weight beside the plain
+    # loss; each QA pair is also scored under another label's activations and rewarded for
+    # being likelier under its own (each step then runs the decoder twice)
+    contrast_weight: float = 0.0
     # held-out hygiene: drop training records that share a system prompt, user turn or reply
     # with a held-out record, and with held_out_near > 0 instructions that nearly match one
     held_out_hygiene: bool = True
@@ -343,6 +347,10 @@ def check_config(cfg: TrainConfig, *, check_paths: bool = True) -> None:
     need(cfg.system_prompt_answer_chars >= 1, "system_prompt_answer_chars must be at least 1")
     for key in ("classification_share", "context_share"):
         need(0 <= getattr(cfg, key) < 1, f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    need(cfg.contrast_weight >= 0, f"contrast_weight must be >= 0, got {cfg.contrast_weight}")
+    need(not cfg.contrast_weight or cfg.distributed != "fsdp",
+         "contrast_weight runs the decoder twice before one backward, which distributed: fsdp "
+         "does not support here; use distributed: ddp")
     need(cfg.classification_share == 0 or cfg.classification_data,
          "classification_share > 0 needs classification_data (the classification folder)")
     need(not cfg.classification_data or exists(cfg.classification_data),

@@ -142,10 +142,13 @@ def _train(cfg: TrainConfig, out_dir: Path, dist: Distributed, resume: bool, ove
                 row = {"step": step, "epoch": epoch, "loss": result["loss"], "layer": layer,
                        "lr": result["lr"], "grad_norm": result["grad_norm"],
                        "examples_per_s": examples / elapsed,
-                       "labelled_tokens_per_s": labelled / elapsed}
+                       "labelled_tokens_per_s": labelled / elapsed,
+                       **({"contrast": result["contrast"]} if "contrast" in result else {})}
                 reporter.log(row)
-                log(f"step {step}/{total}  loss {row['loss']:.4f}  layer {layer}  "
-                    f"lr {row['lr']:.2e}  {row['examples_per_s']:.2f} examples/s")
+                log(f"step {step}/{total}  loss {row['loss']:.4f}  "
+                    + (f"contrast {row['contrast']:.4f}  " if "contrast" in row else "")
+                    + f"layer {layer}  lr {row['lr']:.2e}  {row['examples_per_s']:.2f} "
+                    "examples/s")
             if step % cfg.eval_every == 0 or step == total:
                 metrics = recipe.evaluate()
                 reporter.log({"step": step, **metrics})

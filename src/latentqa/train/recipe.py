@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..arch import model_info
+from ..controls import NoDonorError, shuffled_donors
 from ..batching import pad_id
 from ..data import (
     IGNORE_INDEX,
@@ -47,8 +48,8 @@ from ..data import (
 from ..data.classification import add_classification_records, load_classification
 from ..data.context import add_context_prediction
 from ..decoder import DecoderSpec, add_decoder_adapter, add_full_finetune_adapter, save_decoder
-from ..decoding import read_activations, rows_loss_sum
-from ..evaluation.heldout import heldout_losses
+from ..decoding import read_activations, rows_logprobs
+from ..evaluation.heldout import fit_groups, heldout_losses
 from ..files import file_hashes
 from ..models import load_model, load_tokenizer
 from . import checkpoint as ckpt
@@ -112,10 +113,24 @@ class DecoderLoss(torch.nn.Module):
         self.pad_id, self.write_layer, self.mode = pad_id, write_layer, mode
         self.share_opening = share_opening
 
-    def forward(self, probes: list[list], vectors: list[torch.Tensor]):
-        return rows_loss_sum(self.model, probes, vectors, pad_id=self.pad_id,
-                             write_layer=self.write_layer, mode=self.mode,
-                             share_opening=self.share_opening)
+    def forward(self, probes: list[list], vectors: list[torch.Tensor],
+                shuffled: list[torch.Tensor] | None = None):
+        """``(loss_sum, labelled_tokens, contrast_sum)``. With ``shuffled`` (each row's
+        activations replaced by another label's), ``contrast_sum`` adds, over every QA pair,
+        ``softplus(-(mean log-prob of the answer under its own activations - under the
+        shuffled ones))``: the plain loss is satisfied by an answer's prior, this term only by
+        what the activations add (the gap the shuffled control measures)."""
+        kw = dict(pad_id=self.pad_id, write_layer=self.write_layer, mode=self.mode,
+                  share_opening=self.share_opening)
+        real = rows_logprobs(self.model, probes, vectors, **kw)
+        logp = torch.cat([x for row in real for x in row])
+        contrast = logp.new_zeros(())
+        if shuffled is not None:
+            other = rows_logprobs(self.model, probes, shuffled, **kw)
+            gaps = torch.stack([a.mean() - b.mean() for ra, rb in zip(real, other)
+                                for a, b in zip(ra, rb)])
+            contrast = torch.nn.functional.softplus(-gaps).sum()
+        return -logp.sum(), logp.numel(), contrast
 
 
 class Recipe:
@@ -301,14 +316,23 @@ class Recipe:
         total = self.dist.sum(torch.tensor(float(labelled))).item()
         # DDP averages gradients over ranks; each rank's loss is already a share of the total
         scale = self.dist.world if self.dist.world > 1 and not self.sharded else 1
-        loss_total = torch.zeros(())
+        weight = self.cfg.contrast_weight
+        if weight:
+            pairs_step = self.dist.sum(torch.tensor(float(sum(
+                len(p) for b in batches for p in b["probes"])))).item()
+        loss_total, contrast_total = torch.zeros(()), torch.zeros(())
         for k, batch in enumerate(batches):
             vectors = self.read(batch, layer)
+            shuffled = self.shuffled(batch, vectors, layer) if weight else None
             with self.dist.no_sync(self.loss, last=k == len(batches) - 1), \
                     autocast(self.precision, self.device):
-                loss_sum, _ = self.loss(batch["probes"], vectors)
-                (loss_sum * (scale / total)).backward()
+                loss_sum, _, contrast_sum = self.loss(batch["probes"], vectors, shuffled)
+                objective = loss_sum * (scale / total)
+                if weight:
+                    objective = objective + contrast_sum * (weight * scale / pairs_step)
+                objective.backward()
             loss_total += loss_sum.detach().float().cpu()
+            contrast_total += contrast_sum.detach().float().cpu()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip) \
             if self.cfg.grad_clip > 0 else torch.tensor(0.0)
         lr = self.scheduler.get_last_lr()[0]
@@ -317,9 +341,26 @@ class Recipe:
         self.optimizer.zero_grad(set_to_none=True)
         pairs = self.dist.sum(torch.tensor(float(sum(len(p) for b in batches
                                                      for p in b["probes"])))).item()
-        return {"loss": self.dist.sum(loss_total).item() / total, "lr": lr,
-                "grad_norm": fsdp.as_float(grad_norm), "examples": pairs,
-                "labelled_tokens": total}
+        out = {"loss": self.dist.sum(loss_total).item() / total, "lr": lr,
+               "grad_norm": fsdp.as_float(grad_norm), "examples": pairs,
+               "labelled_tokens": total}
+        if weight:
+            out["contrast"] = self.dist.sum(contrast_total).item() / pairs_step
+        return out
+
+    def shuffled(self, batch: dict, vectors: list[torch.Tensor], layer) -> list | None:
+        """Each row's activations replaced by those of another row of the batch with another
+        label (the one donor rule, drawn afresh each step), fitted to the row's placeholders;
+        None when every row shares a label."""
+        records = self.train_set.data.records
+        labels = [records[r].label for r in batch["records"]]
+        try:
+            donors = shuffled_donors(labels, seed=self.scheduler.last_epoch)
+        except NoDonorError:
+            return None
+        groups = len(layer) if isinstance(layer, tuple) else 1
+        return [fit_groups(vectors[d], v.shape[0] // groups, groups)
+                for v, d in zip(vectors, donors)]
 
     # ---- evaluation and saving ----------------------------------------------------------
 
