@@ -57,12 +57,12 @@ def test_decoder_loss_adds_softplus_of_the_per_pair_gap(tiny_target):
     other = [torch.randn_like(v) for v in real]
     pad = loaded.tokenizer.pad_token_id or 0
     loss = DecoderLoss(model, pad_id=pad, write_layer=0, mode="replace")
-    loss_sum, count, contrast = loss(probes, real, other)
+    loss_sum, count, contrast = loss(probes, real, (probes, other))
     plain_sum, plain_count, zero = loss(probes, real)
     assert zero.item() == 0 and plain_count == count
     torch.testing.assert_close(plain_sum, loss_sum)
     a = rows_logprobs(model, probes, real, pad_id=pad)
-    b = rows_logprobs(model, probes, other, pad_id=pad)
+    b = rows_logprobs(model, probes, other, pad_id=pad)  # same lengths: the same probes
     want = sum(torch.nn.functional.softplus(-(x.mean() - y.mean()))
                for ra, rb in zip(a, b) for x, y in zip(ra, rb))
     torch.testing.assert_close(contrast, want)
@@ -90,12 +90,12 @@ def test_a_step_on_the_contrast_widens_the_gap(tiny_target):
                        mode="replace")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-2)
-    before = loss(probes, real, other)[2].item()
+    before = loss(probes, real, (probes, other))[2].item()
     for _ in range(5):
         optimizer.zero_grad()
-        loss(probes, real, other)[2].backward()
+        loss(probes, real, (probes, other))[2].backward()
         optimizer.step()
-    after = loss(probes, real, other)[2].item()
+    after = loss(probes, real, (probes, other))[2].item()
     assert after < before - 0.01 * len([q for p in probes for q in p])
 
 
@@ -105,3 +105,18 @@ def test_a_run_logs_the_contrast(tiny_target, tmp_path):
                 save_every=2)
     logged = [r["contrast"] for r in rows if "loss" in r]
     assert len(logged) == 2 and all(0 < c < 5 for c in logged)
+
+
+def test_a_rows_probes_can_be_sized_for_another_read(smol_tokenizer):
+    """The contrast injects a donor's read whole: the row's QA pairs rebuilt for its length,
+    the answers' labelled tokens unchanged."""
+    from latentqa.data import LatentQADataset, LatentQARows, load_data
+
+    shared_path("latentqa", "qa.json")
+    rows = LatentQARows(LatentQADataset(load_data(DATA), smol_tokenizer, max_tokens=256))
+    own = rows[0].probes
+    n = int(own[0].placeholder_mask.sum())
+    other = rows.probes(0, n + 7)
+    assert [int(p.placeholder_mask.sum()) for p in other] == [n + 7] * len(own)
+    for a, b in zip(own, other):
+        assert a.labels[a.labels != -100].tolist() == b.labels[b.labels != -100].tolist()

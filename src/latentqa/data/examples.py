@@ -149,14 +149,17 @@ class LatentQARows(torch.utils.data.Dataset):
         return self.data.pairs[self.rows[i][0]].record
 
     def __getitem__(self, i: int) -> Row:
+        target = self.examples.target(self.record(i))
+        return Row(self.record(i), target.input_ids, target.read_mask,
+                   self.probes(i, int(target.read_mask.sum())))
+
+    def probes(self, i: int, n: int) -> list:
+        """Row ``i``'s probes with ``n`` placeholders (per layer read): its own read's count,
+        or another record's, to carry that record's activations whole (the shuffled control)."""
         ex = self.examples
-        record = self.record(i)
-        target = ex.target(record)
-        n = int(target.read_mask.sum())
-        probes = [ex.builder.build(n, self.data.pairs[k].question, self.data.pairs[k].answer,
-                                   supervise=ex.supervise, layer=ex.layer, layers=ex.layers)
-                  for k in self.rows[i]]
-        return Row(record, target.input_ids, target.read_mask, probes)
+        return [ex.builder.build(n, self.data.pairs[k].question, self.data.pairs[k].answer,
+                                 supervise=ex.supervise, layer=ex.layer, layers=ex.layers)
+                for k in self.rows[i]]
 
     @property
     def lengths(self) -> list[int]:

@@ -49,7 +49,7 @@ from ..data.classification import add_classification_records, load_classificatio
 from ..data.context import add_context_prediction
 from ..decoder import DecoderSpec, add_decoder_adapter, add_full_finetune_adapter, save_decoder
 from ..decoding import read_activations, rows_logprobs
-from ..evaluation.heldout import fit_groups, heldout_losses
+from ..evaluation.heldout import heldout_losses
 from ..files import file_hashes
 from ..models import load_model, load_tokenizer
 from . import checkpoint as ckpt
@@ -114,19 +114,20 @@ class DecoderLoss(torch.nn.Module):
         self.share_opening = share_opening
 
     def forward(self, probes: list[list], vectors: list[torch.Tensor],
-                shuffled: list[torch.Tensor] | None = None):
-        """``(loss_sum, labelled_tokens, contrast_sum)``. With ``shuffled`` (each row's
-        activations replaced by another label's), ``contrast_sum`` adds, over every QA pair,
-        ``softplus(-(mean log-prob of the answer under its own activations - under the
-        shuffled ones))``: the plain loss is satisfied by an answer's prior, this term only by
-        what the activations add (the gap the shuffled control measures)."""
+                shuffled: tuple[list[list], list[torch.Tensor]] | None = None):
+        """``(loss_sum, labelled_tokens, contrast_sum)``. With ``shuffled`` (each row's QA
+        pairs as probes sized for another label's read, and that read's activations, whole),
+        ``contrast_sum`` adds, over every QA pair, ``softplus(-(mean log-prob of the answer
+        under its own activations - under the other's))``: the plain loss is satisfied by an
+        answer's prior, this term only by what the activations add (the gap the shuffled
+        control measures)."""
         kw = dict(pad_id=self.pad_id, write_layer=self.write_layer, mode=self.mode,
                   share_opening=self.share_opening)
         real = rows_logprobs(self.model, probes, vectors, **kw)
         logp = torch.cat([x for row in real for x in row])
         contrast = logp.new_zeros(())
         if shuffled is not None:
-            other = rows_logprobs(self.model, probes, shuffled, **kw)
+            other = rows_logprobs(self.model, *shuffled, **kw)
             gaps = torch.stack([a.mean() - b.mean() for ra, rb in zip(real, other)
                                 for a, b in zip(ra, rb)])
             contrast = torch.nn.functional.softplus(-gaps).sum()
@@ -323,7 +324,7 @@ class Recipe:
         loss_total, contrast_total = torch.zeros(()), torch.zeros(())
         for k, batch in enumerate(batches):
             vectors = self.read(batch, layer)
-            shuffled = self.shuffled(batch, vectors, layer) if weight else None
+            shuffled = self.shuffled(micro[k], batch, vectors, layer) if weight else None
             with self.dist.no_sync(self.loss, last=k == len(batches) - 1), \
                     autocast(self.precision, self.device):
                 loss_sum, _, contrast_sum = self.loss(batch["probes"], vectors, shuffled)
@@ -348,10 +349,12 @@ class Recipe:
             out["contrast"] = self.dist.sum(contrast_total).item() / pairs_step
         return out
 
-    def shuffled(self, batch: dict, vectors: list[torch.Tensor], layer) -> list | None:
-        """Each row's activations replaced by those of another row of the batch with another
-        label (the one donor rule, drawn afresh each step), fitted to the row's placeholders;
-        None when every row shares a label."""
+    def shuffled(self, ids: list[int], batch: dict, vectors: list[torch.Tensor], layer):
+        """Rows ``ids`` under other labels' activations: each row's donor is another row of the
+        batch (the one donor rule, drawn afresh each step), whose read is injected whole into
+        the row's QA pairs rebuilt for its length, as the evaluations' shuffled control does
+        (cut or cycled vectors would differ from a real read in ways a decoder can learn to
+        spot). ``(probes, vectors)``, or None when every row shares a label."""
         records = self.train_set.data.records
         labels = [records[r].label for r in batch["records"]]
         try:
@@ -359,8 +362,9 @@ class Recipe:
         except NoDonorError:
             return None
         groups = len(layer) if isinstance(layer, tuple) else 1
-        return [fit_groups(vectors[d], v.shape[0] // groups, groups)
-                for v, d in zip(vectors, donors)]
+        probes = [self.rows.probes(i, vectors[d].shape[0] // groups)
+                  for i, d in zip(ids, donors)]
+        return probes, [vectors[d] for d in donors]
 
     # ---- evaluation and saving ----------------------------------------------------------
 
