@@ -94,8 +94,13 @@ class LatentQADataset(torch.utils.data.Dataset):
         return self._targets[record_index]
 
     def __getitem__(self, i: int) -> Example:
+        return self.example(i)
+
+    def example(self, i: int, record: int | None = None) -> Example:
+        """Pair ``i``'s QA read from ``record``'s dialog (default: the pair's own). Another
+        record's is the shuffled control: its read goes in whole, the probe sized for it."""
         pair = self.data.pairs[i]
-        target = self.target(pair.record)
+        target = self.target(pair.record if record is None else record)
         probe = self.builder.build(int(target.read_mask.sum()), pair.question, pair.answer,
                                    supervise=self.supervise, layer=self.layer,
                                    layers=self.layers)

@@ -3,9 +3,10 @@
 Conditions, on the same examples and labelled tokens:
   real       the record's own activations
   shuffled   the activations of an example with another label (the one shuffled-donor rule,
-             ``latentqa.controls``, over all the examples evaluated), cut or cycled to the
-             example's placeholder count (layer group by layer group when several layers
-             are read together); every example is scored under every condition
+             ``latentqa.controls``, over all the examples evaluated), its read whole, the
+             example's QA pair rebuilt with as many placeholders (as ``eval persona`` does: cut
+             or cycled vectors would differ from any real read); every example is scored under
+             every condition
   untrained  the record's activations, read by the model with its adapter off (the base model
              reading patched activations: Patchscope/SelfIE style)
 """
@@ -18,23 +19,9 @@ import torch
 
 from ..controls import shuffled_donors
 from ..decoder import as_target
-from ..decoding import decoder_loss_sum, read_activations, split_layers
+from ..decoding import decoder_loss_sum, read_activations
 
 CONDITIONS = ("real", "shuffled", "untrained")
-
-
-def fit_rows(v: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` rows from ``v``: truncated, or cycled when ``v`` is shorter."""
-    reps = -(-n // v.shape[0])
-    return v.repeat(reps, 1)[:n]
-
-
-def fit_groups(v: torch.Tensor, n: int, groups: int) -> torch.Tensor:
-    """``fit_rows`` for each layer's group of ``groups`` layers read together: ``n`` rows
-    per layer, one layer after another."""
-    if groups == 1:
-        return fit_rows(v, n)
-    return torch.cat([fit_rows(g, n) for g in split_layers(v, groups)])
 
 
 @torch.no_grad()
@@ -60,26 +47,24 @@ def heldout_losses(model, dataset, collate, indices, *, layer, write_layer: int,
         donors = shuffled_donors(labels, seed, names=[f"pair {i} ({lab})"
                                                       for i, lab in zip(indices, labels)])
 
-    def read(rows):
-        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in rows]).items()}
+    def read(examples):
+        batch = {k: v.to(device) for k, v in collate(examples).items()}
         return batch, read_activations(model, batch["target_input_ids"],
                                        batch["target_attention_mask"], batch["read_mask"], layer)
 
     for start in range(rank * batch_size, len(indices), batch_size * world):
         chunk = indices[start:start + batch_size]
         with autocast():
-            batch, vectors = read(chunk)
+            own = read([dataset[i] for i in chunk])
             for c, condition in enumerate(conditions):
-                if condition == "shuffled":
-                    _, given = read([indices[d] for d in donors[start:start + len(chunk)]])
-                    groups = 1 if isinstance(layer, int) else len(layer)
-                    injected = [fit_groups(v, int(m.sum()) // groups, groups)
-                                for v, m in zip(given, batch["placeholder_mask"])]
-                else:
-                    injected = vectors
+                batch, vectors = own
+                if condition == "shuffled":  # each pair read from its donor's dialog, whole
+                    batch, vectors = read([
+                        dataset.example(i, record=data.pairs[indices[d]].record)
+                        for i, d in zip(chunk, donors[start:start + len(chunk)])])
                 ctx = as_target(model) if condition == "untrained" else contextlib.nullcontext()
                 with ctx:
-                    loss, count = decoder_loss_sum(model, batch, torch.cat(injected),
+                    loss, count = decoder_loss_sum(model, batch, torch.cat(vectors),
                                                    write_layer=write_layer, mode=mode)
                 totals[c, 0] += float(loss)
                 totals[c, 1] += count
