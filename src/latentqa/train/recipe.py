@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from ..arch import model_info
-from ..controls import NoDonorError, shuffled_donors
 from ..batching import pad_id
+from ..controls import NoDonorError, shuffled_donors
 from ..data import (
     IGNORE_INDEX,
     LAYOUTS,
@@ -317,10 +317,9 @@ class Recipe:
         total = self.dist.sum(torch.tensor(float(labelled))).item()
         # DDP averages gradients over ranks; each rank's loss is already a share of the total
         scale = self.dist.world if self.dist.world > 1 and not self.sharded else 1
+        pairs = self.dist.sum(torch.tensor(float(sum(len(p) for b in batches
+                                                     for p in b["probes"])))).item()
         weight = self.cfg.contrast_weight
-        if weight:
-            pairs_step = self.dist.sum(torch.tensor(float(sum(
-                len(p) for b in batches for p in b["probes"])))).item()
         loss_total, contrast_total = torch.zeros(()), torch.zeros(())
         for k, batch in enumerate(batches):
             vectors = self.read(batch, layer)
@@ -330,7 +329,7 @@ class Recipe:
                 loss_sum, _, contrast_sum = self.loss(batch["probes"], vectors, shuffled)
                 objective = loss_sum * (scale / total)
                 if weight:
-                    objective = objective + contrast_sum * (weight * scale / pairs_step)
+                    objective = objective + contrast_sum * (weight * scale / pairs)
                 objective.backward()
             loss_total += loss_sum.detach().float().cpu()
             contrast_total += contrast_sum.detach().float().cpu()
@@ -340,13 +339,11 @@ class Recipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        pairs = self.dist.sum(torch.tensor(float(sum(len(p) for b in batches
-                                                     for p in b["probes"])))).item()
         out = {"loss": self.dist.sum(loss_total).item() / total, "lr": lr,
                "grad_norm": fsdp.as_float(grad_norm), "examples": pairs,
                "labelled_tokens": total}
         if weight:
-            out["contrast"] = self.dist.sum(contrast_total).item() / pairs_step
+            out["contrast"] = self.dist.sum(contrast_total).item() / pairs
         return out
 
     def shuffled(self, ids: list[int], batch: dict, vectors: list[torch.Tensor], layer):
