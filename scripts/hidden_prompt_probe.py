@@ -32,6 +32,10 @@ behaviours is in force: each behaviour appears under three user turns shared wit
 behaviours, so a probe trained on two of them and tested on the third (three folds) can only
 succeed through the hidden prompt; the ``text`` view (the user turn alone) and the ``filler``
 view (the prompt's length without its content) are its controls.
+
+With ``--recovery DIR`` it gives a linear reference for ``eval recovery``'s ranking on that set
+at every block asked (``evaluation.linear_recovery``'s map and ranking; ``latentqa eval
+recovery --linear-reference`` is the same reference at a decoder's read layer, beside it).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import torch
 
 from latentqa import capture, gather, load_model
 from latentqa.batching import pad_id, pad_tokens
+from latentqa.evaluation.linear_recovery import filler, fit_map, ranked_first
 from latentqa.evaluation.probe import LinearProbe
 from latentqa.files import write_json
 from latentqa.selection import render_read
@@ -65,16 +70,6 @@ def pick(records, limit: int, min_per_category: int, seed: int):
     kept = [r for r in records if counts[category(r["label"])] >= min_per_category]
     random.Random(seed).shuffle(kept)
     return kept[:limit] if limit else kept
-
-
-FILLER = ("The train left the station a little after nine and moved slowly past the fields, "
-          "the river and the low grey houses at the edge of the town. ") * 20
-
-
-def filler(tokenizer, text: str) -> str:
-    """Neutral text with as many tokens as ``text``."""
-    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return tokenizer.decode(tokenizer(FILLER, add_special_tokens=False)["input_ids"][:n])
 
 
 def views(records, seed: int, tokenizer):
@@ -157,17 +152,6 @@ def embed(model, tokenizer, texts, layers, batch_size: int) -> dict:
     return {k: v[:, :v.shape[1] // 2] for k, v in feats.items()}
 
 
-def rank_accuracy(predicted, candidates, correct, centre) -> list[bool]:
-    """Per item, whether the true candidate is nearest (cosine, about the training mean) to
-    the predicted representation."""
-    hits = []
-    for p, cands, c in zip(predicted, candidates, correct):
-        p, cands = p - centre, cands - centre
-        cos = cands @ p / (np.linalg.norm(cands, axis=1) * np.linalg.norm(p) + 1e-12)
-        hits.append(int(np.argmax(cos)) == c)
-    return hits
-
-
 def recovery_reference(model, tokenizer, folder: str, train_path: str, limit: int, layers,
                        batch_size: int, seed: int) -> dict:
     """A linear reference for ``eval recovery``'s ranking (the true hidden prompt among five of
@@ -179,10 +163,6 @@ def recovery_reference(model, tokenizer, folder: str, train_path: str, limit: in
     record with its prompt replaced by neutral text of as many tokens (``filler``: what the
     prompt's length alone tells); an
     in-distribution check ranks held-out unlabeled prompts among four of their family."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     from latentqa.data import load_data
     from latentqa.evaluation.recovery import build_items, donors
     from latentqa.stats import mcnemar_exact, summarize
@@ -232,18 +212,17 @@ def recovery_reference(model, tokenizer, folder: str, train_path: str, limit: in
                         "prompt's own mean representation",
            "layers": {}}
     for k in layers:
-        maps = {v: make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(0, 5, 11)))
-                .fit(x[v][k][tr], y[k][tr]) for v in ("hidden", "text")}
+        maps = {v: fit_map(x[v][k][tr], y[k][tr]) for v in ("hidden", "text")}
         centre = y[k][tr].mean(0)
         cands = [np.stack([cand[k][where[c]] for c in i.candidates]) for i in items]
         correct = [i.correct for i in items]
-        hits = {"activations": rank_accuracy(maps["hidden"].predict(test["hidden"][k]), cands,
+        hits = {"activations": ranked_first(maps["hidden"].predict(test["hidden"][k]), cands,
                                              correct, centre),
-                "shuffled": rank_accuracy(maps["hidden"].predict(test["donor"][k]), cands,
+                "shuffled": ranked_first(maps["hidden"].predict(test["donor"][k]), cands,
                                           correct, centre),
-                "text_only": rank_accuracy(maps["text"].predict(test["text"][k]), cands,
+                "text_only": ranked_first(maps["text"].predict(test["text"][k]), cands,
                                            correct, centre),
-                "filler": rank_accuracy(maps["hidden"].predict(test["filler"][k]), cands,
+                "filler": ranked_first(maps["hidden"].predict(test["filler"][k]), cands,
                                         correct, centre)}
         row = {c: summarize(h) for c, h in hits.items()}
         row["mcnemar_p_vs_activations"] = {
@@ -251,7 +230,7 @@ def recovery_reference(model, tokenizer, folder: str, train_path: str, limit: in
             if c != "activations"}
         vy = y[k][va]
         row["in_distribution"] = {
-            v: float(np.mean(rank_accuracy(maps[v].predict(x[v][k][va]),
+            v: float(np.mean(ranked_first(maps[v].predict(x[v][k][va]),
                                            [vy[p] for p, _ in val_sets],
                                            [c for _, c in val_sets], centre)))
             for v in ("hidden", "text")}

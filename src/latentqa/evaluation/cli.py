@@ -282,6 +282,13 @@ def register_recovery(sub) -> None:
     p.add_argument("--no-rouge", action="store_true",
                    help="rank only: skip generating answers (the slower half)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--linear-reference", metavar="PROMPTS",
+                   help="also rank the items with a linear map of the same read vectors, fitted "
+                        "on these system prompts with user turns (a file like "
+                        "unlabeled_system.json; prompts that are candidates here are left out): "
+                        "what the activations hold, beside what the decoder reads")
+    p.add_argument("--reference-limit", type=int, default=2000,
+                   help="prompts the linear map is fitted on, a seeded sample (0: all)")
     p.add_argument("--json", metavar="OUT", help="write the full result (every answer) as JSON")
     p.set_defaults(func=cmd_recovery)
 
@@ -305,12 +312,36 @@ def cmd_recovery(args) -> int:
     if not items:
         raise UsageError("no records to evaluate: recovery needs records with a hidden system "
                         "prompt (system records) and at least one other of the same family")
+    prompts = None
+    if args.linear_reference:  # read before the long part, so a bad file fails at once
+        import random
+
+        from ..data.system_prompts import read_prompts
+        if args.reference_limit < 0:
+            raise UsageError("--reference-limit must be >= 0")
+        try:
+            prompts = read_prompts(args.linear_reference)
+        except ValueError as e:
+            raise UsageError(f"--linear-reference {args.linear_reference}: {e}") from None
+        random.Random(args.seed).shuffle(prompts)
+        prompts = prompts[:args.reference_limit or None]
     ev = RecoveryEval(reader, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     with tqdm(total=ev.rows(items, conditions, rouge=not args.no_rouge), desc="recovery",
               unit="row") as bar:
         ev.progress = bar.update
         result = ev.run(data, items, conditions=conditions, seed=args.seed,
                         rouge=not args.no_rouge)
+    if prompts is not None:
+        from .linear_recovery import linear_reference
+        from .recovery import donors
+
+        ref_start = time.perf_counter()
+        try:
+            result["linear_reference"] = linear_reference(
+                reader, data, items, donors(items, data, args.seed), prompts)
+        except ValueError as e:
+            raise UsageError(f"--linear-reference {args.linear_reference}: {e}") from None
+        result["seconds"]["linear_reference"] = time.perf_counter() - ref_start
     result["seconds"]["total"] = time.perf_counter() - start
     return finish(result, print_recovery, args.json, kind="recovery",
                   decoder=reader.decoder_path, split=args.split, choices=args.choices,
@@ -336,6 +367,15 @@ def print_recovery(result: dict) -> None:
             print(f"  {c:<16} {s['mean']:.3f}  [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]{p}")
         ref = rouge["another_prompt_of_the_family"]
         print(f"  (another prompt of the family scores {ref['mean']:.3f} against the true one)")
+    linear = result.get("linear_reference")
+    if linear:
+        print(f"linear reference (a ridge map fitted on {linear['fitted_on']} other prompts; "
+              f"{linear['ranked_by']}):")
+        pvals = linear["mcnemar_p_vs_activations"]
+        for c, s in linear["conditions"].items():
+            p = f"  McNemar p vs activations {pvals[c]:.2g}" if c in pvals else ""
+            print(f"  {c:<16} {s['accuracy']:.3f}  [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]  "
+                  f"{s['correct']}/{s['n']}{p}")
     print("by family:")
     for f, g in result["by_family"].items():
         accs = "  ".join(f"{c} {s['accuracy']:.2f}" for c, s in g["top1"].items())
