@@ -6,8 +6,9 @@ Each point of ``configs/scaling/`` trains a decoder from scratch for the same nu
 all of the shared data's training labels, then + the unlabeled system prompts, then + the
 target's own replies; and levers beside the data: the unlabeled point reading three blocks
 together (``unlabeled-layers``), and all the labels with a quarter of Activation Oracles'
-yes/no classification questions (``classification``) or of context prediction (``context``). Every point is evaluated by the same command (``latentqa eval persona``
-on the shared data's held-out labels, all five conditions; its adapter-free conditions come
+yes/no classification questions (``classification``) or of context prediction (``context``).
+Every point is evaluated by the same command (``latentqa eval persona`` on the shared data's
+held-out labels, all five conditions; its adapter-free conditions come
 from the evaluation cache after the first point), then out of distribution on
 ``evals/ood-hidden-prompts`` (hand-written behaviours no training config reads: ``eval persona``
 and the ranking of ``eval recovery``), and its held-out loss along the run is in its

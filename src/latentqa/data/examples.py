@@ -99,13 +99,16 @@ class LatentQADataset(torch.utils.data.Dataset):
     def example(self, i: int, record: int | None = None) -> Example:
         """Pair ``i``'s QA read from ``record``'s dialog (default: the pair's own). Another
         record's is the shuffled control: its read goes in whole, the probe sized for it."""
-        pair = self.data.pairs[i]
-        target = self.target(pair.record if record is None else record)
-        probe = self.builder.build(int(target.read_mask.sum()), pair.question, pair.answer,
-                                   supervise=self.supervise, layer=self.layer,
-                                   layers=self.layers)
+        target = self.target(self.data.pairs[i].record if record is None else record)
+        probe = self.probe(i, int(target.read_mask.sum()))
         return Example(target.input_ids, target.read_mask, probe.input_ids,
                        probe.placeholder_mask, probe.labels)
+
+    def probe(self, i: int, n: int):
+        """Pair ``i``'s decoder probe with ``n`` placeholders (per layer read)."""
+        pair = self.data.pairs[i]
+        return self.builder.build(n, pair.question, pair.answer, supervise=self.supervise,
+                                  layer=self.layer, layers=self.layers)
 
     @property
     def lengths(self) -> list[int]:
@@ -154,17 +157,15 @@ class LatentQARows(torch.utils.data.Dataset):
         return self.data.pairs[self.rows[i][0]].record
 
     def __getitem__(self, i: int) -> Row:
-        target = self.examples.target(self.record(i))
-        return Row(self.record(i), target.input_ids, target.read_mask,
+        record = self.record(i)
+        target = self.examples.target(record)
+        return Row(record, target.input_ids, target.read_mask,
                    self.probes(i, int(target.read_mask.sum())))
 
     def probes(self, i: int, n: int) -> list:
         """Row ``i``'s probes with ``n`` placeholders (per layer read): its own read's count,
         or another record's, to carry that record's activations whole (the shuffled control)."""
-        ex = self.examples
-        return [ex.builder.build(n, self.data.pairs[k].question, self.data.pairs[k].answer,
-                                 supervise=ex.supervise, layer=ex.layer, layers=ex.layers)
-                for k in self.rows[i]]
+        return [self.examples.probe(k, n) for k in self.rows[i]]
 
     @property
     def lengths(self) -> list[int]:
