@@ -40,7 +40,6 @@ POINTS = ("labels-25", "labels-50", "labels-100", "unlabeled", "onpolicy", "unla
 DATA = "../shared/data/latentqa"
 OOD = "evals/ood-hidden-prompts"
 ONPOLICY = REPO.parent / "runs" / "onpolicy" / "labelled.jsonl"
-TRAIN_FILES = ("system.json", "control.json", "stimulus.json", "stimulus_completion.json", "qa.json")
 CONDITIONS = ("activations", "shuffled", "no_activations", "text_only", "untrained_decoder")
 
 
@@ -72,10 +71,9 @@ def run_point(point: str) -> None:
     if not (out / "summary.json").exists():
         run(latentqa("train", "--config", f"configs/scaling/{point}.yaml", "--resume"))
     if not (out / "persona.json").exists():
-        # the held-out labels are drawn from the training files, so they are given as trained;
-        # the on-policy file adds `dialog` records, which the table leaves out (shared())
-        data = [*(f"{DATA}/{f}" for f in TRAIN_FILES), *([str(ONPOLICY)] if point == "onpolicy"
-                                                          else [])]
+        # the held-out labels are drawn from the training files, so it is given the run's own
+        # (the on-policy file adds `dialog` records, which the table leaves out: shared())
+        data = json.loads((out / "config.json").read_text())["data"]
         run(latentqa("eval", "persona", "--data", *data, "--decoder", str(out / "decoder"),
                      "--json", str(out / "persona.json")))
     if not (out / "ood-persona.json").exists():
@@ -125,10 +123,9 @@ def results() -> dict:
         summary = json.loads((out_dir(point) / "summary.json").read_text())
         config = json.loads((out_dir(point) / "config.json").read_text())
         system = r["by_data_type"]["system"]["conditions"]
-        overall = shared(r["by_data_type"])
         out[point] = {"train_pairs": config["resolved"]["train_pairs"],
                       "steps": summary["steps"],
-                      "overall": overall,
+                      "overall": shared(r["by_data_type"]),
                       "system": {c: system[c]["accuracy"] for c in CONDITIONS if c in system},
                       "ood": ood(point),
                       "curve": curve(point)}
