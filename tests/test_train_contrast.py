@@ -21,6 +21,8 @@ def test_contrast_weight_is_checked():
     with pytest.raises(ConfigError, match="distributed: fsdp"):
         build_config({"data": [DATA[0]], "contrast_weight": 0.5, "distributed": "fsdp",
                       "activation_cache": "off"})
+    with pytest.raises(ConfigError, match="contrast_donor must be one of"):
+        build_config({"data": [DATA[0]], "contrast_donor": "other"})
 
 
 def _run(target, out, **extra):
@@ -57,7 +59,7 @@ def test_decoder_loss_adds_softplus_of_the_per_pair_gap(tiny_target):
     other = [torch.randn_like(v) for v in real]
     pad = loaded.tokenizer.pad_token_id or 0
     loss = DecoderLoss(model, pad_id=pad, write_layer=0, mode="replace")
-    loss_sum, count, contrast = loss(probes, real, (probes, other))
+    loss_sum, count, contrast = loss(probes, real, ([0, 1, 2], probes, other))
     plain_sum, plain_count, zero = loss(probes, real)
     assert zero.item() == 0 and plain_count == count
     torch.testing.assert_close(plain_sum, loss_sum)
@@ -67,6 +69,10 @@ def test_decoder_loss_adds_softplus_of_the_per_pair_gap(tiny_target):
                for ra, rb in zip(a, b) for x, y in zip(ra, rb))
     torch.testing.assert_close(contrast, want)
     assert contrast.requires_grad
+    # rows without a donor are left out of the term, not compared with themselves
+    _, _, part = loss(probes, real, ([1], [probes[1]], [other[1]]))
+    torch.testing.assert_close(part, sum(torch.nn.functional.softplus(-(x.mean() - y.mean()))
+                                         for x, y in zip(a[1], b[1])))
 
 
 def test_a_step_on_the_contrast_widens_the_gap(tiny_target):
@@ -90,12 +96,13 @@ def test_a_step_on_the_contrast_widens_the_gap(tiny_target):
                        mode="replace")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-2)
-    before = loss(probes, real, (probes, other))[2].item()
+    donors = ([0, 1, 2, 3], probes, other)
+    before = loss(probes, real, donors)[2].item()
     for _ in range(5):
         optimizer.zero_grad()
-        loss(probes, real, (probes, other))[2].backward()
+        loss(probes, real, donors)[2].backward()
         optimizer.step()
-    after = loss(probes, real, (probes, other))[2].item()
+    after = loss(probes, real, donors)[2].item()
     assert after < before - 0.01 * len([q for p in probes for q in p])
 
 
@@ -120,3 +127,52 @@ def test_a_rows_probes_can_be_sized_for_another_read(smol_tokenizer):
     assert [int(p.placeholder_mask.sum()) for p in other] == [n + 7] * len(own)
     for a, b in zip(own, other):
         assert a.labels[a.labels != -100].tolist() == b.labels[b.labels != -100].tolist()
+
+
+def test_hidden_prompt_donors_read_the_same_dialog_under_another_labels_prompt(tiny_target):
+    """``contrast_donor: hidden_prompt``: a row that hides a system prompt is read again with
+    another label's prompt in force; the read span (the dialog after the prompt) keeps its
+    length, its vectors change, and rows without a hidden prompt get no such donor."""
+    from latentqa.train.distributed import Distributed
+    from latentqa.train.recipe import Recipe
+
+    system = shared_path("latentqa", "system.json")
+    cfg = build_config({"data": [str(system), *DATA], "model": str(tiny_target),
+                        "read_layers": [2], "contrast_weight": 1.0, "lora_r": 4,
+                        "contrast_donor": "hidden_prompt", "precision": "fp32",
+                        "max_tokens": 512})
+    recipe = Recipe(cfg, Distributed("cpu"), log=lambda *a, **k: None)
+    recipe.setup_data()
+    recipe.setup_model()
+    recipe.setup_optimizer()
+    records = recipe.train_set.data.records
+    rows = [i for i in range(len(recipe.rows))
+            if records[recipe.rows.record(i)].hidden_system_prompt is not None][:3]
+    batch = recipe.collate.rows([recipe.rows[i] for i in rows])
+    own = recipe.read(batch, 2)
+    swapped = recipe.swap_hidden_prompts(batch["records"], 2)
+    assert sorted(swapped) == [0, 1, 2]
+    for k, v in swapped.items():
+        assert v.shape == own[k].shape
+        assert not torch.allclose(v, own[k])
+    no_prompt = next(i for i in range(len(recipe.rows))
+                     if records[recipe.rows.record(i)].hidden_system_prompt is None)
+    assert recipe.swap_hidden_prompts([recipe.rows.record(no_prompt)], 2) == {}
+    donors = recipe.shuffled(rows, batch, own, 2)
+    assert donors is not None and donors[0] == [0, 1, 2]
+
+
+def test_a_run_trains_with_hidden_prompt_donors(tiny_target, tmp_path):
+    system = shared_path("latentqa", "system.json")
+    out = tmp_path / "run"
+    values = dict(model=str(tiny_target), out_dir=str(out), read_layers="[2]", batch_size=4,
+                  max_steps=2, log_every=1, eval_every=2, eval_examples=8, save_every=2,
+                  lr=1e-2, warmup_steps=1, precision="fp32", seed=3, lora_r=4, lora_alpha=8,
+                  max_tokens=512, contrast_weight=1.0, contrast_donor="hidden_prompt")
+    args = [f"data={json.dumps([str(system)])}"] + [f"{k}={v}" for k, v in values.items()]
+    run = subprocess.run([sys.executable, "-m", "latentqa.cli", "train", *args],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["contrast"] for r in rows if "loss" in r]
+    assert len(logged) == 2 and all(0 < c < 5 for c in logged)

@@ -21,6 +21,7 @@ PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
 SCHEDULES = ("cosine", "linear", "constant")
 CACHE_MODES = ("off", "memory", "disk")
 DISTRIBUTED = ("ddp", "fsdp")
+CONTRAST_DONORS = ("batch", "hidden_prompt")
 
 
 class ConfigError(LatentQAError, ValueError):
@@ -65,6 +66,12 @@ class TrainConfig:
     # loss; each QA pair is also scored under another label's activations and rewarded for
     # being likelier under its own (each step then runs the decoder twice)
     contrast_weight: float = 0.0
+    # whose activations the contrast compares with: "batch", another row's read (another
+    # dialog, so the read text alone can tell them apart); "hidden_prompt", the same dialog
+    # with another record's hidden system prompt in force (a minimal pair: the read text is
+    # the same, only the prompt's effect on it differs), rows without a hidden prompt using
+    # the batch donor
+    contrast_donor: str = "batch"
     # held-out hygiene: drop training records that share a system prompt, user turn or reply
     # with a held-out record, and with held_out_near > 0 instructions that nearly match one
     held_out_hygiene: bool = True
@@ -348,6 +355,8 @@ def check_config(cfg: TrainConfig, *, check_paths: bool = True) -> None:
     for key in ("classification_share", "context_share"):
         need(0 <= getattr(cfg, key) < 1, f"{key} must be in [0, 1), got {getattr(cfg, key)}")
     need(cfg.contrast_weight >= 0, f"contrast_weight must be >= 0, got {cfg.contrast_weight}")
+    need(cfg.contrast_donor in CONTRAST_DONORS,
+         f"contrast_donor must be one of {CONTRAST_DONORS}, got {cfg.contrast_donor!r}")
     need(not cfg.contrast_weight or cfg.distributed != "fsdp",
          "contrast_weight runs the decoder twice before one backward, which distributed: fsdp "
          "does not support here; use distributed: ddp")

@@ -18,6 +18,7 @@ pair per row, so N processes compute what one process with N-fold accumulation c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -27,6 +28,7 @@ import torch
 
 from ..arch import model_info
 from ..batching import pad_id
+from ..chat import DialogTooLongError
 from ..controls import NoDonorError, shuffled_donors
 from ..data import (
     IGNORE_INDEX,
@@ -35,6 +37,7 @@ from ..data import (
     LatentQADataset,
     LatentQARows,
     LengthGroupedBatchSampler,
+    Row,
     add_plain_dialogs,
     add_relation_records,
     add_system_prompt_records,
@@ -43,10 +46,12 @@ from ..data import (
     is_held_out,
     load_data,
     load_triples,
+    render_target,
     split_by_label,
 )
 from ..data.classification import add_classification_records, load_classification
 from ..data.context import add_context_prediction
+from ..data.records import Record
 from ..decoder import DecoderSpec, add_decoder_adapter, add_full_finetune_adapter, save_decoder
 from ..decoding import read_activations, rows_logprobs
 from ..evaluation.heldout import heldout_losses
@@ -114,22 +119,23 @@ class DecoderLoss(torch.nn.Module):
         self.share_opening = share_opening
 
     def forward(self, probes: list[list], vectors: list[torch.Tensor],
-                shuffled: tuple[list[list], list[torch.Tensor]] | None = None):
-        """``(loss_sum, labelled_tokens, contrast_sum)``. With ``shuffled`` (each row's QA
-        pairs as probes sized for another label's read, and that read's activations, whole),
-        ``contrast_sum`` adds, over every QA pair, ``softplus(-(mean log-prob of the answer
-        under its own activations - under the other's))``: the plain loss is satisfied by an
-        answer's prior, this term only by what the activations add (the gap the shuffled
-        control measures)."""
+                shuffled: tuple[list[int], list[list], list[torch.Tensor]] | None = None):
+        """``(loss_sum, labelled_tokens, contrast_sum)``. With ``shuffled`` (rows that have a
+        donor, their QA pairs as probes sized for the donor's read, and that read's
+        activations, whole), ``contrast_sum`` adds, over those rows' QA pairs,
+        ``softplus(-(mean log-prob of the answer under its own activations - under the
+        donor's))``: the plain loss is satisfied by an answer's prior, this term only by what
+        the activations add (the gap the shuffled control measures)."""
         kw = dict(pad_id=self.pad_id, write_layer=self.write_layer, mode=self.mode,
                   share_opening=self.share_opening)
         real = rows_logprobs(self.model, probes, vectors, **kw)
         logp = torch.cat([x for row in real for x in row])
         contrast = logp.new_zeros(())
         if shuffled is not None:
-            other = rows_logprobs(self.model, *shuffled, **kw)
-            gaps = torch.stack([a.mean() - b.mean() for ra, rb in zip(real, other)
-                                for a, b in zip(ra, rb)])
+            rows, donor_probes, donor_vectors = shuffled
+            other = rows_logprobs(self.model, donor_probes, donor_vectors, **kw)
+            gaps = torch.stack([a.mean() - b.mean() for i, rb in zip(rows, other)
+                                for a, b in zip(real[i], rb)])
             contrast = torch.nn.functional.softplus(-gaps).sum()
         return -logp.sum(), logp.numel(), contrast
 
@@ -197,6 +203,7 @@ class Recipe:
                                             layers=_together(cfg))
         self.train_set, self.eval_set = make(self.train_data), make(self.eval_data)
         self.rows = LatentQARows(self.train_set, per_record=cfg.pack_questions)
+        self._hidden_prompts = None  # the contrast's pool of donor prompts, built on first use
         self.collate = Collator(tokenizer)
 
     # ---- model ------------------------------------------------------------------------
@@ -347,21 +354,80 @@ class Recipe:
         return out
 
     def shuffled(self, ids: list[int], batch: dict, vectors: list[torch.Tensor], layer):
-        """Rows ``ids`` under other labels' activations: each row's donor is another row of the
-        batch (the one donor rule, drawn afresh each step), whose read is injected whole into
-        the row's QA pairs rebuilt for its length, as the evaluations' shuffled control does
-        (cut or cycled vectors would differ from a real read in ways a decoder can learn to
-        spot). ``(probes, vectors)``, or None when every row shares a label."""
+        """Rows ``ids`` under other activations, for the contrast: ``(rows, probes, vectors)``
+        for the rows that have a donor, or None when none has.
+
+        The batch donor is another row of the batch (the one donor rule, drawn afresh each
+        step). With ``contrast_donor: hidden_prompt`` a row whose record hides a system prompt
+        is read again with another label's hidden prompt of its family in its place (``swap_hidden_prompts``).
+        Either read is injected whole into the row's QA pairs rebuilt for its length, as the
+        evaluations' shuffled control does (cut or cycled vectors would differ from a real read
+        in ways a decoder can learn to spot)."""
         records = self.train_set.data.records
         labels = [records[r].label for r in batch["records"]]
         try:
-            donors = shuffled_donors(labels, seed=self.scheduler.last_epoch)
+            donors = [vectors[d] for d in shuffled_donors(labels, seed=self.scheduler.last_epoch)]
         except NoDonorError:
+            donors = [None] * len(ids)
+        if self.cfg.contrast_donor == "hidden_prompt":
+            for k, v in self.swap_hidden_prompts(batch["records"], layer).items():
+                donors[k] = v
+        rows = [k for k, v in enumerate(donors) if v is not None]
+        if not rows:
             return None
         groups = len(layer) if isinstance(layer, tuple) else 1
-        probes = [self.rows.probes(i, vectors[d].shape[0] // groups)
-                  for i, d in zip(ids, donors)]
-        return probes, [vectors[d] for d in donors]
+        probes = [self.rows.probes(ids[k], donors[k].shape[0] // groups) for k in rows]
+        return rows, probes, [donors[k] for k in rows]
+
+    def swap_hidden_prompts(self, record_ids: list[int], layer) -> dict[int, torch.Tensor]:
+        """The target's read of each record that hides a system prompt, with the prompt of
+        another training label of its family in its place (seeded by step and record): ``{position in
+        record_ids: activations}``. The read text is unchanged, so only the hidden prompt's
+        effect on it tells the two reads apart, as on the evaluations' shared user turns."""
+        records = self.train_set.data.records
+        if self._hidden_prompts is None:  # every training prompt once, by family (goal, ...)
+            seen: dict[str, Record] = {}
+            for r in records:
+                if r.hidden_system_prompt is not None:
+                    seen.setdefault(r.hidden_system_prompt, r)
+            families: dict[str, list] = {"": []}
+            for prompt, r in sorted(seen.items()):
+                families.setdefault(r.family, []).append((r.label, prompt))
+                families[""].append((r.label, prompt))
+            self._hidden_prompts = families
+        swapped, at = [], []
+        for k, r in enumerate(record_ids):
+            record = records[r]
+            own = record.hidden_system_prompt
+            if own is None:
+                continue
+            # a prompt of the same family where it has another, as `eval recovery` ranks
+            pool = self._hidden_prompts.get(record.family, [])
+            if len({label for label, _ in pool}) < 2:
+                pool = self._hidden_prompts[""]
+            rng = random.Random(f"{self.cfg.seed}/{self.scheduler.last_epoch}/{r}")
+            for _ in range(16):
+                label, prompt = pool[rng.randrange(len(pool))]
+                if label != record.label and prompt != own:
+                    break
+            else:
+                continue
+            messages = (dict(record.messages[0], content=prompt),) + record.messages[1:]
+            try:
+                target = render_target(self.tokenizer, dataclasses.replace(record,
+                                       messages=messages), max_tokens=self.cfg.max_tokens)
+            except DialogTooLongError:
+                continue
+            swapped.append(Row(r, target.input_ids, target.read_mask, []))
+            at.append(k)
+        if not swapped:
+            return {}
+        batch = self.collate.rows(swapped)
+        sub = [batch[k].to(self.device) for k in
+               ("target_input_ids", "target_attention_mask", "read_mask")]
+        with autocast(self.precision, self.device):
+            fresh = read_activations(self.model, *sub, layer)
+        return dict(zip(at, fresh))
 
     # ---- evaluation and saving ----------------------------------------------------------
 
