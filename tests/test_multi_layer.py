@@ -143,7 +143,7 @@ def test_sidecar_refuses_a_newer_format_and_missing_layers(multi_run, tmp_path):
     copy = tmp_path / "decoder"
     shutil.copytree(multi_run / "decoder", copy)
     raw = json.loads((copy / SIDECAR).read_text())
-    (copy / SIDECAR).write_text(json.dumps({**raw, "format_version": 3}))
+    (copy / SIDECAR).write_text(json.dumps({**raw, "format_version": 4}))
     with pytest.raises(DecoderError, match="format_version"):
         DecoderSpec.read(copy)
     (copy / SIDECAR).write_text(json.dumps({**raw, "read_layers": []}))

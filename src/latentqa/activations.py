@@ -8,7 +8,8 @@ around any forward pass, for callers that need the rest of the model's output to
 ``inject`` puts given vectors into the residual stream after block j at given positions,
 either replacing the hidden state (LatentQA) or adding the vector rescaled to the hidden
 state's norm (Activation Oracles). It acts on the prompt pass only, so it composes with
-generation and the KV cache.
+generation and the KV cache. A decoder that standardises what it is given (``read_norm``)
+passes its ``ReadNorm``, applied to each row's vectors before they are written.
 """
 
 from __future__ import annotations
@@ -119,9 +120,16 @@ class Injection:
     one-token prompts from being re-injected during decoding.
     """
 
-    def __init__(self, mask: torch.Tensor, vectors, mode: str = "replace", once: bool = False):
+    def __init__(self, mask: torch.Tensor, vectors, mode: str = "replace", once: bool = False,
+                 norm=None):
         if mode not in INJECTION_MODES:
             raise ValueError(f"unknown injection mode {mode!r}; choose one of {INJECTION_MODES}")
+        if norm is not None:  # per row: a row's vectors may be several layers' in turn
+            if not isinstance(vectors, (list, tuple)):
+                if norm.layers > 1:
+                    raise ValueError("a read norm over several layers needs one tensor per row")
+                vectors = [vectors]
+            vectors = [norm(v) for v in vectors]
         if isinstance(vectors, (list, tuple)):
             vectors = torch.cat(list(vectors), dim=0) if vectors else None
         n = int(mask.sum())
@@ -153,12 +161,14 @@ def inject(
     vectors,
     mode: str = "replace",
     once: bool = False,
+    norm=None,
 ) -> Iterable[Injection]:
-    """Within the block, forward passes of ``model`` get ``vectors`` written after ``layer``."""
+    """Within the block, forward passes of ``model`` get ``vectors`` written after ``layer``
+    (each row's standardised by ``norm``, a ``read_norm.ReadNorm``, when one is given)."""
     info = model_info(model)
     layer = info.check_layer(layer, "write layer")
     _, blocks = find_blocks(model)
-    injection = Injection(mask, vectors, mode, once)
+    injection = Injection(mask, vectors, mode, once, norm)
     if injection.vectors.shape[-1] != info.hidden_size:
         raise ValueError(
             f"injected vectors have size {injection.vectors.shape[-1]} but the model's hidden "

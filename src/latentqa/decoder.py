@@ -21,6 +21,7 @@ import torch
 
 from .errors import MissingFileError, ReadingError
 from .files import atomic_dir
+from .read_norm import ReadNorm
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -235,6 +236,9 @@ SIDECAR_VERSION = 1
 # a decoder that reads several layers together says so with a newer format, so that a reader
 # which knows the field can refuse a format it does not know instead of reading one layer
 READ_TOGETHER_VERSION = 2
+# and one that standardises what it reads (``read_norm``) likewise: an older reader would
+# write raw vectors into it and answer from noise
+READ_NORM_VERSION = 3
 
 
 @dataclass
@@ -258,10 +262,20 @@ class DecoderSpec:
     # layer's vectors in its own labelled group of placeholders (``data/layouts.py``);
     # ``read_layer`` is then only what is shown as "the" read layer (the middle one)
     read_together: bool = False
+    # the statistics the decoder standardises its vectors with (``read_norm.ReadNorm``'s
+    # ``to_dict``), fitted when its training started; None: it takes raw vectors
+    read_norm: dict | None = None
 
     def __post_init__(self):
         if self.read_together and self.format_version < READ_TOGETHER_VERSION:
             self.format_version = READ_TOGETHER_VERSION
+        if self.read_norm is not None and self.format_version < READ_NORM_VERSION:
+            self.format_version = READ_NORM_VERSION
+
+    @property
+    def norm(self):
+        """The ``ReadNorm`` this decoder applies to what it is given, or None."""
+        return ReadNorm.from_dict(self.read_norm)
 
     @property
     def read_at(self) -> int | tuple[int, ...]:
@@ -285,10 +299,20 @@ class DecoderSpec:
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
             raise DecoderError(f"{path} is not a valid decoder sidecar: {e}") from None
         if not isinstance(spec.format_version, int) or spec.format_version > \
-                READ_TOGETHER_VERSION:
+                READ_NORM_VERSION:
             raise DecoderError(f"{path} has format_version {spec.format_version!r}; this "
-                               f"latentqa reads versions up to {READ_TOGETHER_VERSION}: "
+                               f"latentqa reads versions up to {READ_NORM_VERSION}: "
                                "upgrade latentqa")
+        try:
+            norm = spec.norm
+        except ValueError as e:
+            raise DecoderError(f"{path}: {e}") from None
+        if norm is not None and (norm.mean.shape[-1] != spec.hidden_size or norm.layers != (
+                len(spec.read_layers) if spec.read_together else 1)):
+            raise DecoderError(f"{path}: read_norm is fitted for {norm.layers} layer(s) of size "
+                               f"{norm.mean.shape[-1]}, but the decoder reads "
+                               f"{len(spec.read_layers) if spec.read_together else 1} of size "
+                               f"{spec.hidden_size}")
         if spec.read_together and (
                 not isinstance(spec.read_layers, list) or not spec.read_layers
                 or not all(isinstance(k, int) and not isinstance(k, bool)

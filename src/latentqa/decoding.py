@@ -5,7 +5,8 @@
 
 Log-probabilities are computed only at labelled positions (the lm_head over a 49k vocabulary
 is a large share of a small model's compute), and gradients flow to the injected vectors, so
-the same function trains the decoder, scores candidates, and steers the target.
+the same function trains the decoder, scores candidates, and steers the target. ``norm`` is the
+decoder's ``ReadNorm`` (None for a decoder that takes raw vectors), applied at the injection.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def body_and_head(model):
 
 
 def labelled_logprobs(model, input_ids, attention_mask, labels, *, placeholder_mask=None,
-                      vectors=None, write_layer: int = 0, mode: str = "replace"):
+                      vectors=None, write_layer: int = 0, mode: str = "replace", norm=None):
     """Log-probability of each labelled token given everything before it.
 
     Returns ``(logp, positions)``: ``logp[i]`` is log p(labels[b, t] | ids[b, :t]) for the i-th
@@ -92,7 +93,7 @@ def labelled_logprobs(model, input_ids, attention_mask, labels, *, placeholder_m
     keep = targets != IGNORE_INDEX  # position t-1 predicts token t
     positions = keep.nonzero()
     injecting = vectors is not None
-    ctx = (inject(model, write_layer, placeholder_mask, vectors, mode) if injecting
+    ctx = (inject(model, write_layer, placeholder_mask, vectors, mode, norm=norm) if injecting
            else contextlib.nullcontext())
     with ctx:
         hidden = body(input_ids=input_ids, attention_mask=attention_mask,
@@ -155,7 +156,7 @@ def _sources(probe) -> torch.Tensor:
 
 
 def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: int = 0,
-                     mode: str = "replace", batch_size: int = 16,
+                     mode: str = "replace", norm=None, batch_size: int = 16,
                      share_opening: bool = True) -> list[list[torch.Tensor]]:
     """Labelled-token log-probs of every probe of every group: ``out[g][k]`` for probe k of
     group g, the same numbers ``labelled_logprobs`` gives.
@@ -186,7 +187,7 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
         vecs = None if vectors is None else [vectors] * len(probes)
         logp, pos = labelled_logprobs(model, ids, attn, labels,
                                       placeholder_mask=ph if vecs else None, vectors=vecs,
-                                      write_layer=write_layer, mode=mode)
+                                      write_layer=write_layer, mode=mode, norm=norm)
         out[g] = [logp[pos[:, 0] == k] for k in range(len(probes))]
     # similar packed lengths side by side, so a batch pads little
     order = sorted((g for g, ok in enumerate(packable) if ok),
@@ -204,7 +205,7 @@ def grouped_logprobs(model, groups: list[Group], *, pad_id: int, write_layer: in
     for chunk in chunks:
         _score_packed(body, head, config, model, [groups[c] for c in chunk],
                       [shared[c] for c in chunk], [out[c] for c in chunk], pad_id,
-                      write_layer, mode, device, lead, copy_lead=len(chunks) > 1)
+                      write_layer, mode, device, lead, copy_lead=len(chunks) > 1, norm=norm)
     return out
 
 
@@ -275,7 +276,7 @@ def _block_mask(segment: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _score_packed(body, head, config, model, groups, shared, out, pad_id, write_layer, mode,
-                  device, lead=(0, None), copy_lead: bool = True):
+                  device, lead=(0, None), copy_lead: bool = True, norm=None):
     """One forward pass over ``groups``, each packed into one row (``_pack``) after the
     ``lead`` tokens they all start with (their cache is reused), right-padded; fills
     ``out[i][k]`` for probe k of groups[i]."""
@@ -309,7 +310,7 @@ def _score_packed(body, head, config, model, groups, shared, out, pad_id, write_
         cache = copy.deepcopy(lead_cache) if copy_lead else lead_cache
         cache.reorder_cache(torch.zeros(len(groups), dtype=torch.long, device=device))
         kwargs[_cache_kwarg(body)] = cache
-    ctx = (inject(model, write_layer, placeholders, vectors, mode) if vectors
+    ctx = (inject(model, write_layer, placeholders, vectors, mode, norm=norm) if vectors
            else contextlib.nullcontext())
     with ctx:
         hidden = body(input_ids=ids.to(device), position_ids=positions.to(device),
@@ -332,18 +333,20 @@ def _score_packed(body, head, config, model, groups, shared, out, pad_id, write_
         out[i][:] = [next(pieces) for _ in group.probes]
 
 
-def decoder_loss_sum(model, batch: dict, vectors, *, write_layer: int, mode: str = "replace"):
+def decoder_loss_sum(model, batch: dict, vectors, *, write_layer: int, mode: str = "replace",
+                     norm=None):
     """Summed negative log-likelihood of the labelled tokens and their count (for exact
     averaging across micro-batches and ranks)."""
     logp, _ = labelled_logprobs(
         model, batch["decoder_input_ids"], batch["decoder_attention_mask"], batch["labels"],
         placeholder_mask=batch["placeholder_mask"], vectors=vectors, write_layer=write_layer,
-        mode=mode)
+        mode=mode, norm=norm)
     return -logp.sum(), logp.numel()
 
 
 def rows_loss_sum(model, probes: list[list], vectors: list[torch.Tensor] | None, *, pad_id: int,
-                  write_layer: int = 0, mode: str = "replace", share_opening: bool = True):
+                  write_layer: int = 0, mode: str = "replace", norm=None,
+                  share_opening: bool = True):
     """Summed negative log-likelihood and count of the labelled tokens of every probe, with
     ``vectors[i]`` injected into each probe of ``probes[i]``: the same numbers (and gradients)
     as one padded row per probe (``decoder_loss_sum``), but each ``probes[i]`` runs as one
@@ -351,19 +354,20 @@ def rows_loss_sum(model, probes: list[list], vectors: list[torch.Tensor] | None,
     before the placeholders) once for the batch (``grouped_logprobs``; ``share_opening=False``
     runs it in every row: a sharded model's body must run once per backward)."""
     out = rows_logprobs(model, probes, vectors, pad_id=pad_id, write_layer=write_layer,
-                        mode=mode, share_opening=share_opening)
+                        mode=mode, norm=norm, share_opening=share_opening)
     logp = torch.cat([x for row in out for x in row])
     return -logp.sum(), logp.numel()
 
 
 def rows_logprobs(model, probes: list[list], vectors: list[torch.Tensor] | None, *, pad_id: int,
-                  write_layer: int = 0, mode: str = "replace",
+                  write_layer: int = 0, mode: str = "replace", norm=None,
                   share_opening: bool = True) -> list[list[torch.Tensor]]:
     """The labelled-token log-probs of each probe of each row (``out[i][k]`` for probe k of
     ``probes[i]``), ``vectors[i]`` injected into row i, packed as ``rows_loss_sum`` packs."""
     vectors = [None] * len(probes) if vectors is None else vectors
     groups = [Group(p, v) for p, v in zip(probes, vectors)]
     return grouped_logprobs(model, groups, pad_id=pad_id, write_layer=write_layer, mode=mode,
+                            norm=norm,
                             batch_size=sum(len(p) for p in probes), share_opening=share_opening)
 
 
@@ -378,14 +382,15 @@ def per_row_logprob(logp: torch.Tensor, positions: torch.Tensor, batch_size: int
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, input_ids, attention_mask, placeholder_mask, vectors, *,
-                     write_layer: int, mode: str = "replace", max_new_tokens: int = 48,
+                     write_layer: int, mode: str = "replace", norm=None,
+                     max_new_tokens: int = 48,
                      do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                      seed: int | None = None) -> list[str]:
     """Generate from left-padded decoder prompts with ``vectors`` injected on the prompt pass.
 
     The KV cache is used; the injection acts only on the prompt pass.
     """
-    ctx = (inject(model, write_layer, placeholder_mask, vectors, mode, once=True)
+    ctx = (inject(model, write_layer, placeholder_mask, vectors, mode, once=True, norm=norm)
            if vectors is not None else contextlib.nullcontext())
     with ctx:
         new = generate_batch(model, input_ids, attention_mask, pad_id=pad_id(tokenizer),

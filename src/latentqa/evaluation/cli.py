@@ -76,7 +76,7 @@ def cmd_heldout(args) -> int:
     idx.sort(key=lambda i: dataset.lengths[i])  # similar lengths batch with little padding
     totals = heldout_losses(reader.model, dataset, Collator(reader.tokenizer), idx,
                             layer=reader.read_at, write_layer=spec.write_layer,
-                            mode=spec.injection, batch_size=args.batch_size,
+                            mode=spec.injection, norm=reader.norm, batch_size=args.batch_size,
                             conditions=CONDITIONS, seed=args.seed)
     result = {"kind": "heldout", "decoder": reader.decoder_path, "pairs": len(idx),
               "split": args.split,

@@ -26,13 +26,14 @@ CONDITIONS = ("real", "shuffled", "untrained")
 
 @torch.no_grad()
 def heldout_losses(model, dataset, collate, indices, *, layer, write_layer: int,
-                   mode: str = "replace", batch_size: int = 8,
+                   mode: str = "replace", norm=None, batch_size: int = 8,
                    conditions=("real", "shuffled"), autocast=contextlib.nullcontext,
                    device="cpu", rank: int = 0, world: int = 1, seed: int = 0) -> torch.Tensor:
     """Summed loss and token count per condition: a float64 tensor [len(conditions), 2].
 
     Each rank takes every ``world``-th batch; the caller sums across ranks. ``layer``: one
-    layer, or a tuple of layers read together (the dataset's probes must have their groups).
+    layer, or a tuple of layers read together (the dataset's probes must have their groups);
+    ``norm``: the decoder's ``ReadNorm``, if it has one.
     """
     unknown = set(conditions) - set(CONDITIONS)
     if unknown:
@@ -64,8 +65,9 @@ def heldout_losses(model, dataset, collate, indices, *, layer, write_layer: int,
                         for i, d in zip(chunk, donors[start:start + len(chunk)])])
                 ctx = as_target(model) if condition == "untrained" else contextlib.nullcontext()
                 with ctx:
-                    loss, count = decoder_loss_sum(model, batch, torch.cat(vectors),
-                                                   write_layer=write_layer, mode=mode)
+                    loss, count = decoder_loss_sum(model, batch, list(vectors),
+                                                   write_layer=write_layer, mode=mode,
+                                                   norm=norm)
                 totals[c, 0] += float(loss)
                 totals[c, 1] += count
     if was_training:

@@ -175,6 +175,7 @@ class PersonaEval:
                     logps = grouped_logprobs(
                         self.model, [groups[i][0] for i in chunk], pad_id=self.reader.pad_id,
                         write_layer=self.spec.write_layer, mode=self.spec.injection,
+                        norm=self.reader.norm,
                         batch_size=self.batch_size)
                     for i, per_cand in zip(chunk, logps):
                         out[i] = [float(lp.mean()) if lp.numel() else 0.0 for lp in per_cand]

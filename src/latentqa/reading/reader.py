@@ -87,6 +87,7 @@ class Reader:
         self.layout = LAYOUTS[spec.layout]
         self.builder = ProbeBuilder(tokenizer, self.layout)
         self.pad_id = pad_id(tokenizer)
+        self.norm = spec.norm  # what the decoder does to vectors before they are written
 
     def __repr__(self) -> str:
         read = (f"read_layers={list(self.spec.read_layers)} (together)"
@@ -148,7 +149,7 @@ class Reader:
                 vecs = None if vectors is None else [vectors[pairs[r][0]] for r in rows]
                 out = generate_answers(
                     self.model, self.tokenizer, ids, attn, ph, vecs,
-                    write_layer=self.spec.write_layer, mode=mode,
+                    write_layer=self.spec.write_layer, mode=mode, norm=self.norm,
                     max_new_tokens=max_new_tokens, do_sample=do_sample,
                     temperature=temperature, top_p=top_p, seed=seed)
                 for r, a in zip(rows, out):
@@ -177,6 +178,7 @@ class Reader:
                 chunk = groups[start:start + max(1, size)]
                 logps = grouped_logprobs(self.model, chunk, pad_id=self.pad_id,
                                          write_layer=self.spec.write_layer, mode=mode,
+                                         norm=self.norm,
                                          batch_size=size)
                 for group, cands, per_cand in zip(chunk, candidates[start:], logps):
                     row = []
@@ -307,12 +309,20 @@ class Reader:
                     f"this decoder reads layers {list(self.spec.read_layers)} together (one "
                     f"placeholder group each): give no layer, or a list of "
                     f"{len(self.spec.read_layers)} layers, not {layer!r}")
-            return tuple(self.info.check_layer(k, "read layer") for k in layers)
+            return self._standardised_at(
+                tuple(self.info.check_layer(k, "read layer") for k in layers))
         layer = self.spec.read_layer if layer is None else layer
         if isinstance(layer, (list, tuple)):
             raise ReadingError(f"this decoder reads one layer (it was not trained with "
                                f"read_together); give one layer, not {list(layer)}")
-        return self.info.check_layer(layer, "read layer")
+        return self._standardised_at(self.info.check_layer(layer, "read layer"))
+
+    def _standardised_at(self, layer):
+        own = self.spec.read_at
+        if self.norm is not None and layer != own:
+            raise ReadingError(f"this decoder standardises what it reads with statistics of "
+                               f"layer(s) {own}; it cannot read {layer}")
+        return layer
 
     def _reads(self, read, n: int) -> list[Read]:
         if isinstance(read, (list, tuple)) and read and not all(isinstance(r, int) for r in read):

@@ -32,6 +32,6 @@ def answer_logprob(reader, vectors: list[torch.Tensor], questions: list[str],
     logp, pos = labelled_logprobs(
         reader.model, ids, attn, labels, placeholder_mask=ph, vectors=list(vectors),
         write_layer=reader.spec.write_layer if write_layer is None else write_layer,
-        mode=mode or reader.spec.injection)
+        mode=mode or reader.spec.injection, norm=reader.norm)
     total, count = per_row_logprob(logp, pos, len(probes))
     return total / count.clamp(min=1) if reduce == "mean" else total

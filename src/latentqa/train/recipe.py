@@ -56,6 +56,7 @@ from ..decoder import DecoderSpec, add_decoder_adapter, add_full_finetune_adapte
 from ..decoding import read_activations, rows_logprobs
 from ..evaluation.heldout import heldout_losses
 from ..files import file_hashes
+from ..read_norm import ReadNorm
 from ..models import load_model, load_tokenizer
 from . import checkpoint as ckpt
 from . import fsdp
@@ -111,11 +112,11 @@ class DecoderLoss(torch.nn.Module):
     """The decoder's summed loss over a batch of rows, as a module so that DDP can wrap it
     (DDP synchronises the gradients of what runs inside its ``forward``)."""
 
-    def __init__(self, model, *, pad_id: int, write_layer: int, mode: str,
+    def __init__(self, model, *, pad_id: int, write_layer: int, mode: str, norm=None,
                  share_opening: bool = True):
         super().__init__()
         self.model = model
-        self.pad_id, self.write_layer, self.mode = pad_id, write_layer, mode
+        self.pad_id, self.write_layer, self.mode, self.norm = pad_id, write_layer, mode, norm
         self.share_opening = share_opening
 
     def forward(self, probes: list[list], vectors: list[torch.Tensor],
@@ -127,7 +128,7 @@ class DecoderLoss(torch.nn.Module):
         donor's))``: the plain loss is satisfied by an answer's prior, this term only by what
         the activations add (the gap the shuffled control measures)."""
         kw = dict(pad_id=self.pad_id, write_layer=self.write_layer, mode=self.mode,
-                  share_opening=self.share_opening)
+                  norm=self.norm, share_opening=self.share_opening)
         real = rows_logprobs(self.model, probes, vectors, **kw)
         logp = torch.cat([x for row in real for x in row])
         contrast = logp.new_zeros(())
@@ -232,13 +233,15 @@ class Recipe:
             load_adapter_weights(model, checkpoint)  # before sharding: FSDP shards what it finds
         elif cfg.init_decoder:
             init_from_decoder(model, Path(cfg.init_decoder))
+        self.model = model
+        self.norm = self.read_norm(checkpoint)  # before sharding: it reads the whole target
         if self.sharded:
             fsdp.shard(model, self.device, self.dist.world)
-        self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         # FSDP gathers a unit's weights for one forward and its backward: the body runs once
         loss = DecoderLoss(model, pad_id=pad_id(self.tokenizer), write_layer=cfg.write_layer,
-                           mode=cfg.injection, share_opening=not self.sharded)
+                           mode=cfg.injection, norm=self.norm,
+                           share_opening=not self.sharded)
         self.loss = loss if self.sharded else self.dist.wrap(loss)
         layout = LAYOUTS[cfg.layout]
         self.spec = DecoderSpec(
@@ -247,7 +250,8 @@ class Recipe:
             read_layer=cfg.read_layers[len(cfg.read_layers) // 2],
             read_layers=list(cfg.read_layers), write_layer=cfg.write_layer,
             injection=cfg.injection, layout=cfg.layout, placeholder=layout.placeholder,
-            supervise=cfg.supervise, read_together=cfg.read_together)
+            supervise=cfg.supervise, read_together=cfg.read_together,
+            read_norm=None if self.norm is None else self.norm.to_dict())
         self.spec.extra = self.provenance()
         self.cache = None
         if cfg.activation_cache != "off":
@@ -255,6 +259,38 @@ class Recipe:
                 cfg.activation_cache, dtype=cfg.cache_dtype, max_gb=cfg.cache_max_gb,
                 directory=Path(cfg.out_dir) / "activation_cache" / f"rank{self.dist.rank}"
                 if cfg.activation_cache == "disk" else None)
+
+    def read_norm(self, checkpoint: Path | None):
+        """The decoder's ``ReadNorm`` (``read_norm: standardize``), or None: the one the
+        checkpoint resumed or ``init_decoder`` was trained with, else fitted on the first
+        ``read_norm_rows`` training rows of a seeded order (so every rank fits the same)."""
+        cfg = self.cfg
+        source = checkpoint or (Path(cfg.init_decoder) if cfg.init_decoder else None)
+        earlier = DecoderSpec.read(source).norm if source is not None else None
+        if cfg.read_norm == "none":
+            if earlier is not None:
+                raise ConfigError(f"{source} standardises what it reads; continuing it needs "
+                                  "read_norm: standardize")
+            return None
+        if earlier is not None:
+            return earlier
+        order = list(range(len(self.rows)))
+        random.Random(cfg.seed).shuffle(order)
+        chosen = order[:cfg.read_norm_rows]
+        layer = _together(cfg) or cfg.read_layers[0]
+        reads, write_norms = [], []
+        for start in range(0, len(chosen), cfg.batch_size):
+            batch = self.collate.rows([self.rows[i] for i in chosen[start:start + cfg.batch_size]])
+            sub = [batch[k].to(self.device) for k in
+                   ("target_input_ids", "target_attention_mask", "read_mask")]
+            reads += read_activations(self.model, *sub, layer)
+            write_norms += [v.float().norm(dim=-1)
+                            for v in read_activations(self.model, *sub, cfg.write_layer)]
+        norm = ReadNorm.fit(reads, len(layer) if isinstance(layer, tuple) else 1,
+                            float(torch.cat(write_norms).mean()))
+        self.log(f"read_norm: fitted on {len(chosen)} training rows' reads (write-layer norm "
+                 f"{norm.gain * norm.mean.shape[-1] ** 0.5:.2f})")
+        return norm
 
     # ---- optimizer, schedule, batches ---------------------------------------------------
 
@@ -359,7 +395,8 @@ class Recipe:
 
         The batch donor is another row of the batch (the one donor rule, drawn afresh each
         step). With ``contrast_donor: hidden_prompt`` a row whose record hides a system prompt
-        is read again with another label's hidden prompt of its family in its place (``swap_hidden_prompts``).
+        is read again with another label's hidden prompt of its family in its place
+        (``swap_hidden_prompts``).
         Either read is injected whole into the row's QA pairs rebuilt for its length, as the
         evaluations' shuffled control does (cut or cycled vectors would differ from a real read
         in ways a decoder can learn to spot)."""
@@ -381,8 +418,8 @@ class Recipe:
 
     def swap_hidden_prompts(self, record_ids: list[int], layer) -> dict[int, torch.Tensor]:
         """The target's read of each record that hides a system prompt, with the prompt of
-        another training label of its family in its place (seeded by step and record): ``{position in
-        record_ids: activations}``. The read text is unchanged, so only the hidden prompt's
+        another training label of its family in its place (seeded by step and record):
+        ``{position in record_ids: activations}``. The read text is unchanged, so only the hidden prompt's
         effect on it tells the two reads apart, as on the evaluations' shared user turns."""
         records = self.train_set.data.records
         if self._hidden_prompts is None:  # every training prompt once, by family (goal, ...)
@@ -450,7 +487,8 @@ class Recipe:
             self.model, self.eval_set, self.collate, idx[:n],
             layer=_together(cfg) or cfg.read_layers[len(cfg.read_layers) // 2],
             write_layer=cfg.write_layer,
-            mode=cfg.injection, batch_size=cfg.batch_size, conditions=conditions,
+            mode=cfg.injection, norm=self.norm, batch_size=cfg.batch_size,
+            conditions=conditions,
             autocast=lambda: autocast(self.precision, self.device), device=self.device,
             rank=rank, world=world, seed=cfg.seed)
         sums = totals if self.sharded else self.dist.sum(totals)

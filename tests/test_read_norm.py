@@ -1,0 +1,136 @@
+"""Standardised reads (``read_norm: standardize``): the transform, where it is applied, how it is
+fitted, saved and refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentqa.activations import inject
+from latentqa.read_norm import ReadNorm
+from latentqa.train import ConfigError, build_config
+
+FIXTURE = str(Path(__file__).parent / "fixtures" / "data" / "good")
+
+
+def test_fit_centres_and_scales_each_dimension_to_the_write_norm():
+    torch.manual_seed(0)
+    offset = torch.zeros(8)
+    offset[3] = 100.0  # a large dimension every vector shares, as a residual stream has
+    rows = [offset + torch.randn(5, 8) * torch.arange(1, 9) for _ in range(40)]
+    norm = ReadNorm.fit(rows, 1, write_norm=2.0)
+    out = torch.cat([norm(r) for r in rows])
+    assert out.mean(0).abs().max() < 1e-4
+    assert torch.allclose(out.std(0), torch.full((8,), norm.gain), rtol=1e-3)
+    assert abs(out.norm(dim=-1).mean() - 2.0) < 0.3  # about the write layer's norm
+    # without it the shared dimension is nearly all of each vector
+    raw = torch.cat(rows)
+    assert (raw[:, 3] ** 2).sum() / (raw ** 2).sum() > 0.9
+
+
+def test_layers_read_together_get_their_own_statistics():
+    torch.manual_seed(1)
+    rows = [torch.cat([torch.randn(3, 4), 50 + 10 * torch.randn(3, 4)]) for _ in range(30)]
+    norm = ReadNorm.fit(rows, 2, write_norm=1.0)
+    assert norm.layers == 2 and norm.mean[1].mean() > 40 and norm.mean[0].abs().max() < 1
+    out = norm(rows[0])
+    assert out.shape == (6, 4) and out[3:].abs().max() < 10  # the second layer centred on its own
+    with pytest.raises(ValueError, match="equal layer groups"):
+        norm(torch.randn(5, 4))
+
+
+def test_round_trip_and_malformed_statistics_are_refused():
+    norm = ReadNorm(torch.zeros(1, 4), torch.ones(1, 4), 0.5)
+    again = ReadNorm.from_dict(json.loads(json.dumps(norm.to_dict())))
+    assert torch.equal(again.mean, norm.mean) and again.gain == 0.5
+    assert ReadNorm.from_dict(None) is None
+    with pytest.raises(ValueError, match="kind 'standardize'"):
+        ReadNorm.from_dict({"kind": "whiten"})
+    with pytest.raises(ValueError, match="positive std"):
+        ReadNorm.from_dict(dict(norm.to_dict(), std=[[0.0, 1.0, 1.0, 1.0]]))
+
+
+def test_inject_writes_the_standardised_vectors(tiny_target):
+    from latentqa import load_model
+
+    model = load_model(str(tiny_target)).model
+    hidden = model.config.hidden_size
+    norm = ReadNorm(torch.full((1, hidden), 3.0), torch.full((1, hidden), 2.0), 0.5)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    mask = torch.tensor([[False, True, True, False]])
+    vectors = [torch.randn(2, hidden)]
+    seen = {}
+    from latentqa.arch import find_blocks
+
+    _, blocks = find_blocks(model)
+    handle = blocks[1].register_forward_pre_hook(lambda m, args: seen.update(h=args[0]))
+    with torch.no_grad(), inject(model, 0, mask, vectors, norm=norm):
+        model(input_ids=ids)
+    handle.remove()
+    assert torch.allclose(seen["h"][0, 1:3], (vectors[0] - 3.0) / 2.0 * 0.5, atol=1e-6)
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="read_norm must be one of"):
+        build_config({"data": [FIXTURE], "read_norm": "whiten"})
+    with pytest.raises(ConfigError, match="read_together"):
+        build_config({"data": [FIXTURE], "read_norm": "standardize", "read_layers": [1, 2]})
+
+
+def _train(tiny_target, out, *extra):
+    from latentqa.cli import main
+
+    return main(["train", f"data={json.dumps([FIXTURE])}", f"model={tiny_target}",
+                 f"out_dir={out}", "read_layers=[2]", "batch_size=4", "held_out=0",
+                 f"eval_data={json.dumps([FIXTURE])}", "held_out_hygiene=false",
+                 "precision=fp32", "lora_r=4", "eval_every=2", "save_every=2",
+                 "read_norm=standardize", "read_norm_rows=8", *extra])
+
+
+def test_a_standardised_decoder_trains_saves_resumes_and_reads(tiny_target, tmp_path, capsys):
+    import latentqa
+    from latentqa.decoder import DecoderSpec
+
+    out = tmp_path / "run"
+    assert _train(tiny_target, out, "max_steps=2", "schedule=constant") == 0
+    spec = DecoderSpec.read(out / "decoder")
+    assert spec.format_version == 3 and spec.norm is not None
+    # resuming takes the checkpoint's statistics, exactly
+    assert _train(tiny_target, out, "max_steps=4", "schedule=constant", "--resume") == 0
+    resumed = DecoderSpec.read(out / "decoder").norm
+    assert torch.equal(resumed.mean, spec.norm.mean) and resumed.gain == spec.norm.gain
+    # continuing it needs the flag; with it, the statistics carry over
+    capsys.readouterr()
+    assert _train(tiny_target, tmp_path / "plain", "max_steps=2", "read_norm=none",
+                  f"init_decoder={out / 'decoder'}") != 0
+    assert "continuing it needs read_norm: standardize" in capsys.readouterr().err
+    reader = latentqa.load(out / "decoder", target=str(tiny_target))
+    assert reader.norm is not None
+    dialog = [{"role": "user", "content": "Hello there, how are you today?"}]
+    real = reader.score(dialog, "Who?", ["a pirate", "a poet"])
+    # the same decoder without its statistics scores differently: the transform is applied
+    reader.norm = None
+    raw = reader.score(dialog, "Who?", ["a pirate", "a poet"])
+    assert [c.logprob for c in real.candidates] != [c.logprob for c in raw.candidates]
+    reader.norm = spec.norm
+    with pytest.raises(latentqa.reading.ReadingError, match="cannot read 1"):
+        reader.ask(dialog, "Who?", layer=1, max_new_tokens=2)
+
+
+def test_an_older_latentqa_format_is_refused_and_a_bad_norm_named(tiny_decoder, tmp_path):
+    import shutil
+
+    from latentqa.decoder import DecoderError, DecoderSpec
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_decoder, bad)
+    sidecar = bad / "latentqa_decoder.json"
+    raw = json.loads(sidecar.read_text())
+    raw["read_norm"] = {"kind": "standardize", "gain": 1.0, "mean": [[0.0] * 3],
+                        "std": [[1.0] * 3]}
+    sidecar.write_text(json.dumps(raw))
+    with pytest.raises(DecoderError, match="read_norm is fitted for 1 layer"):
+        DecoderSpec.read(bad)
