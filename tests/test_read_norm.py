@@ -21,20 +21,34 @@ def test_fit_centres_and_scales_each_dimension_to_the_write_norm():
     offset = torch.zeros(8)
     offset[3] = 100.0  # a large dimension every vector shares, as a residual stream has
     rows = [offset + torch.randn(5, 8) * torch.arange(1, 9) for _ in range(40)]
-    norm = ReadNorm.fit(rows, 1, write_norm=2.0)
+    written = [torch.randn(5, 8) * 0.1 + torch.arange(8.0) for _ in range(40)]
+    norm = ReadNorm.fit(rows, 1, written)
     out = torch.cat([norm(r) for r in rows])
     assert out.mean(0).abs().max() < 1e-4
-    assert torch.allclose(out.std(0), torch.full((8,), norm.gain), rtol=1e-3)
-    assert abs(out.norm(dim=-1).mean() - 2.0) < 0.3  # about the write layer's norm
+    assert torch.allclose(out.std(0), norm.out_std, rtol=1e-3)
+    here = torch.cat(written).norm(dim=-1).mean()
+    assert abs(out.norm(dim=-1).mean() - here) < 0.1 * here  # about the write layer's norm
     # without it the shared dimension is nearly all of each vector
     raw = torch.cat(rows)
     assert (raw[:, 3] ** 2).sum() / (raw ** 2).sum() > 0.9
 
 
+def test_match_gives_each_dimension_the_write_layers_mean_and_spread():
+    torch.manual_seed(2)
+    rows = [50 + torch.randn(6, 4) * torch.tensor([1.0, 5.0, 0.1, 2.0]) for _ in range(50)]
+    written = [torch.tensor([9.0, 0.0, -3.0, 1.0]) + torch.randn(6, 4) * 0.5 for _ in range(50)]
+    norm = ReadNorm.fit(rows, 1, written, kind="match")
+    out = torch.cat([norm(r) for r in rows])
+    assert torch.allclose(out.mean(0), torch.tensor([9.0, 0.0, -3.0, 1.0]), atol=0.1)
+    assert torch.allclose(out.std(0), torch.cat(written).std(0), rtol=1e-3)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        ReadNorm.fit(rows, 1, written, kind="whiten")
+
+
 def test_layers_read_together_get_their_own_statistics():
     torch.manual_seed(1)
     rows = [torch.cat([torch.randn(3, 4), 50 + 10 * torch.randn(3, 4)]) for _ in range(30)]
-    norm = ReadNorm.fit(rows, 2, write_norm=1.0)
+    norm = ReadNorm.fit(rows, 2, [torch.randn(3, 4) for _ in range(30)])
     assert norm.layers == 2 and norm.mean[1].mean() > 40 and norm.mean[0].abs().max() < 1
     out = norm(rows[0])
     assert out.shape == (6, 4) and out[3:].abs().max() < 10  # the second layer centred on its own
@@ -43,11 +57,11 @@ def test_layers_read_together_get_their_own_statistics():
 
 
 def test_round_trip_and_malformed_statistics_are_refused():
-    norm = ReadNorm(torch.zeros(1, 4), torch.ones(1, 4), 0.5)
+    norm = ReadNorm(torch.zeros(1, 4), torch.ones(1, 4), torch.zeros(4), torch.full((4,), 0.5))
     again = ReadNorm.from_dict(json.loads(json.dumps(norm.to_dict())))
-    assert torch.equal(again.mean, norm.mean) and again.gain == 0.5
-    assert ReadNorm.from_dict(None) is None
-    with pytest.raises(ValueError, match="kind 'standardize'"):
+    assert torch.equal(again.mean, norm.mean) and torch.equal(again.out_std, norm.out_std)
+    assert again.kind == "standardize" and ReadNorm.from_dict(None) is None
+    with pytest.raises(ValueError, match="kind is one of"):
         ReadNorm.from_dict({"kind": "whiten"})
     with pytest.raises(ValueError, match="positive std"):
         ReadNorm.from_dict(dict(norm.to_dict(), std=[[0.0, 1.0, 1.0, 1.0]]))
@@ -58,7 +72,8 @@ def test_inject_writes_the_standardised_vectors(tiny_target):
 
     model = load_model(str(tiny_target)).model
     hidden = model.config.hidden_size
-    norm = ReadNorm(torch.full((1, hidden), 3.0), torch.full((1, hidden), 2.0), 0.5)
+    norm = ReadNorm(torch.full((1, hidden), 3.0), torch.full((1, hidden), 2.0),
+                    torch.zeros(hidden), torch.full((hidden,), 0.5))
     ids = torch.tensor([[1, 2, 3, 4]])
     mask = torch.tensor([[False, True, True, False]])
     vectors = [torch.randn(2, hidden)]
@@ -101,12 +116,13 @@ def test_a_standardised_decoder_trains_saves_resumes_and_reads(tiny_target, tmp_
     # resuming takes the checkpoint's statistics, exactly
     assert _train(tiny_target, out, "max_steps=4", "schedule=constant", "--resume") == 0
     resumed = DecoderSpec.read(out / "decoder").norm
-    assert torch.equal(resumed.mean, spec.norm.mean) and resumed.gain == spec.norm.gain
+    assert torch.equal(resumed.mean, spec.norm.mean)
+    assert torch.equal(resumed.out_std, spec.norm.out_std)
     # continuing it needs the flag; with it, the statistics carry over
     capsys.readouterr()
     assert _train(tiny_target, tmp_path / "plain", "max_steps=2", "read_norm=none",
                   f"init_decoder={out / 'decoder'}") != 0
-    assert "continuing it needs read_norm: standardize" in capsys.readouterr().err
+    assert "continuing it needs the same read_norm" in capsys.readouterr().err
     reader = latentqa.load(out / "decoder", target=str(tiny_target))
     assert reader.norm is not None
     dialog = [{"role": "user", "content": "Hello there, how are you today?"}]
@@ -129,8 +145,8 @@ def test_an_older_latentqa_format_is_refused_and_a_bad_norm_named(tiny_decoder, 
     shutil.copytree(tiny_decoder, bad)
     sidecar = bad / "latentqa_decoder.json"
     raw = json.loads(sidecar.read_text())
-    raw["read_norm"] = {"kind": "standardize", "gain": 1.0, "mean": [[0.0] * 3],
-                        "std": [[1.0] * 3]}
+    raw["read_norm"] = {"kind": "match", "mean": [[0.0] * 3], "std": [[1.0] * 3],
+                        "out_mean": [0.0] * 3, "out_std": [1.0] * 3}
     sidecar.write_text(json.dumps(raw))
     with pytest.raises(DecoderError, match="read_norm is fitted for 1 layer"):
         DecoderSpec.read(bad)

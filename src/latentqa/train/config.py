@@ -86,7 +86,8 @@ class TrainConfig:
     write_layer: int = 0
     injection: str = "replace"  # or "norm_add"
     # "standardize": the decoder subtracts the mean read vector and divides each dimension by
-    # its spread, scaled to the write layer's hidden-state norm (read_norm.py), with
+    # its spread, scaled to the write layer's hidden-state norm; "match": then gives each
+    # dimension the write layer's own mean and spread (read_norm.py); with
     # statistics fitted on read_norm_rows training rows when training starts (or taken from
     # init_decoder or the checkpoint resumed); "none": raw vectors
     read_norm: str = "none"
@@ -391,7 +392,7 @@ def check_config(cfg: TrainConfig, *, check_paths: bool = True) -> None:
     need(cfg.read_norm in READ_NORMS,
          f"read_norm must be one of {READ_NORMS}, got {cfg.read_norm!r}")
     need(cfg.read_norm == "none" or len(cfg.read_layers) == 1 or cfg.read_together,
-         "read_norm: standardize fits statistics per read layer, so several read_layers must "
+         "read_norm fits statistics per read layer, so several read_layers must "
          "be read together (read_together: true), not sampled one per step")
     need(cfg.read_norm_rows >= 2, "read_norm_rows must be at least 2")
     need(cfg.supervise in ("reply_and_answer", "answer"),

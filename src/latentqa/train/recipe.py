@@ -267,10 +267,10 @@ class Recipe:
         cfg = self.cfg
         source = checkpoint or (Path(cfg.init_decoder) if cfg.init_decoder else None)
         earlier = DecoderSpec.read(source).norm if source is not None else None
+        if earlier is not None and earlier.kind != cfg.read_norm:
+            raise ConfigError(f"{source} transforms what it reads with read_norm: "
+                              f"{earlier.kind}; continuing it needs the same read_norm")
         if cfg.read_norm == "none":
-            if earlier is not None:
-                raise ConfigError(f"{source} standardises what it reads; continuing it needs "
-                                  "read_norm: standardize")
             return None
         if earlier is not None:
             return earlier
@@ -278,18 +278,16 @@ class Recipe:
         random.Random(cfg.seed).shuffle(order)
         chosen = order[:cfg.read_norm_rows]
         layer = _together(cfg) or cfg.read_layers[0]
-        reads, write_norms = [], []
+        reads, written = [], []
         for start in range(0, len(chosen), cfg.batch_size):
             batch = self.collate.rows([self.rows[i] for i in chosen[start:start + cfg.batch_size]])
             sub = [batch[k].to(self.device) for k in
                    ("target_input_ids", "target_attention_mask", "read_mask")]
             reads += read_activations(self.model, *sub, layer)
-            write_norms += [v.float().norm(dim=-1)
-                            for v in read_activations(self.model, *sub, cfg.write_layer)]
-        norm = ReadNorm.fit(reads, len(layer) if isinstance(layer, tuple) else 1,
-                            float(torch.cat(write_norms).mean()))
-        self.log(f"read_norm: fitted on {len(chosen)} training rows' reads (write-layer norm "
-                 f"{norm.gain * norm.mean.shape[-1] ** 0.5:.2f})")
+            written += read_activations(self.model, *sub, cfg.write_layer)
+        norm = ReadNorm.fit(reads, len(layer) if isinstance(layer, tuple) else 1, written,
+                            kind=cfg.read_norm)
+        self.log(f"read_norm: {cfg.read_norm}, fitted on {len(chosen)} training rows' reads")
         return norm
 
     # ---- optimizer, schedule, batches ---------------------------------------------------
