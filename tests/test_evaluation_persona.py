@@ -53,7 +53,7 @@ class FakeReader:
         from latentqa.data import ProbeBuilder
 
         self.tokenizer, self.builder, self.pad_id = tokenizer, ProbeBuilder(tokenizer), 2
-        self.model, self.spec = None, None
+        self.model, self.spec, self.norm = None, None, None
 
     def probe(self, count, question, answer=None, layer=None):
         return self.builder.build(count, question, answer, supervise="answer")

@@ -150,3 +150,52 @@ def test_an_older_latentqa_format_is_refused_and_a_bad_norm_named(tiny_decoder, 
     sidecar.write_text(json.dumps(raw))
     with pytest.raises(DecoderError, match="read_norm is fitted for 1 layer"):
         DecoderSpec.read(bad)
+
+
+# ---- instruction_gain: the decoder reads an unread instruction's effect amplified -----------
+
+def test_the_baseline_drops_the_instruction_and_reads_the_same_tokens(smol_tokenizer):
+    from latentqa.selection import Read, read_messages, render_baseline, render_read
+
+    dialog = [{"role": "system", "content": "You are a pirate."},
+              {"role": "user", "content": "What should I cook tonight?"},
+              {"role": "assistant", "content": "Arr, fish stew!"}]
+    rendered, mask = render_read(smol_tokenizer, dialog, Read())
+    ids, base_mask = render_baseline(smol_tokenizer, dialog, read_messages(dialog, Read()),
+                                     rendered, mask)
+    own = torch.tensor(rendered.input_ids)
+    assert torch.equal(own[mask], ids[base_mask])
+    assert "pirate" not in smol_tokenizer.decode(ids)
+    # a dialog with no instruction is its own baseline
+    plain = dialog[1:]
+    rendered, mask = render_read(smol_tokenizer, plain, Read())
+    ids, base_mask = render_baseline(smol_tokenizer, plain, read_messages(plain, Read()),
+                                     rendered, mask)
+    assert ids.tolist() == rendered.input_ids and torch.equal(base_mask, mask)
+
+
+def test_an_amplifying_decoder_reads_the_instructions_effect(tiny_target, tmp_path):
+    import latentqa
+    from latentqa.decoder import DecoderSpec
+
+    out = tmp_path / "gain"
+    assert _train(tiny_target, out, "max_steps=2", "instruction_gain=3",
+                  "read_norm=match") == 0
+    spec = DecoderSpec.read(out / "decoder")
+    assert spec.instruction_gain == 3 and spec.format_version == 3 and spec.norm.kind == "match"
+    reader = latentqa.load(out / "decoder", target=str(tiny_target))
+    user = {"role": "user", "content": "What should I cook tonight?"}
+    pirate = [{"role": "system", "content": "Be a pirate."}, user]
+    plain, hidden = reader.activations([[user], pirate])
+    # read as it is without an instruction; with one, its effect four times over
+    reader.spec.instruction_gain = 0
+    raw_plain, raw_hidden = reader.activations([[user], pirate])
+    reader.spec.instruction_gain = 3
+    assert torch.equal(plain, raw_plain)
+    assert torch.allclose(hidden - plain, 4 * (raw_hidden - raw_plain), atol=1e-4)
+    # the controls still run, and the scores differ with the instruction
+    scores = reader.score([[user], [{"role": "system", "content": "Be a pirate."}, user]],
+                          "Who?", ["a pirate", "a cook"])
+    assert scores[0].candidates[0].logprob != scores[1].candidates[0].logprob
+    with pytest.raises(latentqa.reading.ReadingError, match="whole turns"):
+        reader.ask([user], "Who?", read="last:3", max_new_tokens=2)

@@ -236,8 +236,8 @@ SIDECAR_VERSION = 1
 # a decoder that reads several layers together says so with a newer format, so that a reader
 # which knows the field can refuse a format it does not know instead of reading one layer
 READ_TOGETHER_VERSION = 2
-# and one that standardises what it reads (``read_norm``) likewise: an older reader would
-# write raw vectors into it and answer from noise
+# and one that standardises what it reads (``read_norm``) or reads an instruction's effect
+# amplified (``instruction_gain``) likewise: an older reader would write raw vectors into it
 READ_NORM_VERSION = 3
 
 
@@ -265,11 +265,15 @@ class DecoderSpec:
     # the statistics the decoder standardises its vectors with (``read_norm.ReadNorm``'s
     # ``to_dict``), fitted when its training started; None: it takes raw vectors
     read_norm: dict | None = None
+    # k > 0: the decoder reads an unread instruction's effect amplified, each read vector v as
+    # v + k (v - b), b the same token's without the instruction (``selection.render_baseline``)
+    instruction_gain: float = 0.0
 
     def __post_init__(self):
         if self.read_together and self.format_version < READ_TOGETHER_VERSION:
             self.format_version = READ_TOGETHER_VERSION
-        if self.read_norm is not None and self.format_version < READ_NORM_VERSION:
+        if (self.read_norm is not None or self.instruction_gain) and \
+                self.format_version < READ_NORM_VERSION:
             self.format_version = READ_NORM_VERSION
 
     @property

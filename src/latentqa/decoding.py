@@ -29,7 +29,8 @@ from .generation import cut_at_end, end_ids, generate_batch
 
 
 def read_activations(model, input_ids, attention_mask, read_mask, layer: int | Sequence[int], *,
-                     grad: bool = False) -> list[torch.Tensor]:
+                     grad: bool = False, baseline=None,
+                     instruction_gain: float = 0.0) -> list[torch.Tensor]:
     """The target's residual stream after ``layer`` at the read positions, one [n_b, H] per row.
 
     ``layer`` may be a sequence of layers read together: one pass of the target (stopping
@@ -40,7 +41,21 @@ def read_activations(model, input_ids, attention_mask, read_mask, layer: int | S
     The adapter (if any) is disabled, so a decoder built on the target reads the plain target.
     With ``grad=True`` the graph is kept (steering trains the target through it) and adapters
     stay on: then the trainable target is whatever adapter is active.
+
+    With ``instruction_gain`` k > 0 and ``baseline`` (ids, attention mask and read mask of the
+    same dialogs without their instruction, ``selection.render_baseline``), each row's vectors
+    ``v`` become ``v + k (v - b)``, ``b`` the baseline's at the same read tokens: what the
+    unread instruction changed there, amplified (a dialog with no such instruction is read as
+    it is).
     """
+    if instruction_gain:
+        if baseline is None:
+            raise ValueError("instruction_gain needs the baseline reads of the same dialogs")
+        own = read_activations(model, input_ids, attention_mask, read_mask, layer, grad=grad)
+        base = read_activations(model, *baseline, layer, grad=grad)
+        if [len(v) for v in own] != [len(v) for v in base]:
+            raise ValueError("the baseline reads other tokens than the dialogs it belongs to")
+        return [v + instruction_gain * (v - b) for v, b in zip(own, base)]
     ctx = contextlib.nullcontext() if grad else as_target(model)
     if not isinstance(layer, int):
         return _read_together(model, input_ids, attention_mask, read_mask, layer, ctx, grad)

@@ -3,7 +3,7 @@
 See docs/data.md for the file formats and the choices made.
 """
 
-from .collate import Collator
+from .collate import Collator, baseline_of
 from .errors import DataError, Problem
 from .examples import (
     Example,
@@ -57,7 +57,7 @@ from .triples import (
 
 __all__ = [
     "LATENTQA_FILES", "latentqa_files",
-    "Collator", "DataError", "Problem",
+    "Collator", "baseline_of", "DataError", "Problem",
     "Example", "LatentQADataset", "LatentQARows", "Row", "TargetInput", "build_example", "render_target",
     "AO_LAYOUT", "LAYOUTS", "PAPER_LAYOUT", "ProbeLayout",
     "PLAIN_LABEL", "PLAIN_QA", "add_plain_dialogs", "SWAP_SOURCE", "add_system_swaps",

@@ -47,6 +47,25 @@ class Collator:
     def _target(self, items) -> dict[str, torch.Tensor]:
         """The target's side of examples or rows: input ids, attention mask, read mask."""
         target = [x.target_input_ids for x in items]
-        return {"target_input_ids": pad(target, self.pad_id, side=self.side),
-                "target_attention_mask": attention_mask(target, side=self.side),
-                "read_mask": pad([x.read_mask for x in items], False, side=self.side)}
+        out = {"target_input_ids": pad(target, self.pad_id, side=self.side),
+               "target_attention_mask": attention_mask(target, side=self.side),
+               "read_mask": pad([x.read_mask for x in items], False, side=self.side)}
+        if all(getattr(x, "baseline_ids", None) is not None for x in items):
+            base = [x.baseline_ids for x in items]
+            out.update(baseline_input_ids=pad(base, self.pad_id, side=self.side),
+                       baseline_attention_mask=attention_mask(base, side=self.side),
+                       baseline_read_mask=pad([x.baseline_mask for x in items], False,
+                                              side=self.side))
+        return out
+
+
+BASELINE_KEYS = ("baseline_input_ids", "baseline_attention_mask", "baseline_read_mask")
+
+
+def baseline_of(batch: dict, device=None, rows=None):
+    """A collated batch's baseline reads (``read_activations``' ``baseline``; only ``rows``
+    when given), or None when it has none."""
+    if BASELINE_KEYS[0] not in batch:
+        return None
+    out = tuple(batch[k] if rows is None else batch[k][rows] for k in BASELINE_KEYS)
+    return out if device is None else tuple(t.to(device) for t in out)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..selection import Read, render_read
+from ..errors import ReadingError
+from ..selection import Read, render_baseline, render_read
 from .layouts import PAPER_LAYOUT, ProbeLayout
 from .loading import LatentQAData
 from .probe import ProbeBuilder
@@ -27,6 +28,9 @@ from .records import Record
 class TargetInput:
     input_ids: torch.Tensor  # long [T]
     read_mask: torch.Tensor  # bool [T]
+    # the dialog without its instruction, read at the same tokens (``instruction_gain``), or None
+    baseline_ids: torch.Tensor | None = None
+    baseline_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -36,13 +40,18 @@ class Example:
     decoder_input_ids: torch.Tensor  # long [D]
     placeholder_mask: torch.Tensor  # bool [D]
     labels: torch.Tensor  # long [D], -100 except on supervised tokens
+    baseline_ids: torch.Tensor | None = None  # see TargetInput
+    baseline_mask: torch.Tensor | None = None
 
     @property
     def num_read(self) -> int:
         return int(self.read_mask.sum())
 
 
-def render_target(tokenizer, record: Record, *, max_tokens: int | None = None) -> TargetInput:
+def render_target(tokenizer, record: Record, *, max_tokens: int | None = None,
+                  baseline: bool = False) -> TargetInput:
+    """What the target reads of ``record``; with ``baseline``, also the same dialog without
+    its instruction (``selection.render_baseline``; a single-token read is its own)."""
     # Whole turns: a read turn's role header and end marker are read too (they carry the
     # model's state at those points), never a default system prompt the template injects.
     rendered, read_mask = render_read(
@@ -55,7 +64,18 @@ def render_target(tokenizer, record: Record, *, max_tokens: int | None = None) -
                              f"characters {record.read_span} of message {record.read[0]}")
         read_mask = torch.zeros(len(rendered.input_ids), dtype=torch.bool)
         read_mask[span[1] - 1] = True
-    return TargetInput(torch.tensor(rendered.input_ids, dtype=torch.long), read_mask)
+    ids = torch.tensor(rendered.input_ids, dtype=torch.long)
+    if not baseline:
+        return TargetInput(ids, read_mask)
+    if record.read_span is not None:
+        return TargetInput(ids, read_mask, ids, read_mask)
+    try:
+        base_ids, base_mask = render_baseline(
+            tokenizer, record.messages, record.read, rendered, read_mask,
+            max_tokens=max_tokens, add_generation_prompt=record.generation_prompt)
+    except ReadingError as e:
+        raise ValueError(f"{record.source or 'record'} #{record.index}: {e}") from None
+    return TargetInput(ids, read_mask, base_ids, base_mask)
 
 
 def build_example(tokenizer, record: Record, question: str, answer: str, *,
@@ -77,8 +97,8 @@ class LatentQADataset(torch.utils.data.Dataset):
 
     def __init__(self, data: LatentQAData, tokenizer, *, layout: ProbeLayout = PAPER_LAYOUT,
                  supervise: str = "reply_and_answer", layer: int | None = None,
-                 max_tokens: int | None = None, layers=None):
-        self.data, self.tokenizer = data, tokenizer
+                 max_tokens: int | None = None, layers=None, baselines: bool = False):
+        self.data, self.tokenizer, self.baselines = data, tokenizer, baselines
         self.supervise, self.layer, self.max_tokens = supervise, layer, max_tokens
         self.layers = None if layers is None else tuple(layers)
         self.builder = ProbeBuilder(tokenizer, layout)
@@ -90,7 +110,8 @@ class LatentQADataset(torch.utils.data.Dataset):
     def target(self, record_index: int) -> TargetInput:
         if record_index not in self._targets:
             self._targets[record_index] = render_target(
-                self.tokenizer, self.data.records[record_index], max_tokens=self.max_tokens)
+                self.tokenizer, self.data.records[record_index], max_tokens=self.max_tokens,
+                baseline=self.baselines)
         return self._targets[record_index]
 
     def __getitem__(self, i: int) -> Example:
@@ -102,7 +123,8 @@ class LatentQADataset(torch.utils.data.Dataset):
         target = self.target(self.data.pairs[i].record if record is None else record)
         probe = self.probe(i, int(target.read_mask.sum()))
         return Example(target.input_ids, target.read_mask, probe.input_ids,
-                       probe.placeholder_mask, probe.labels)
+                       probe.placeholder_mask, probe.labels, target.baseline_ids,
+                       target.baseline_mask)
 
     def probe(self, i: int, n: int):
         """Pair ``i``'s decoder probe with ``n`` placeholders (per layer read)."""
@@ -132,6 +154,8 @@ class Row:
     target_input_ids: torch.Tensor  # long [T]
     read_mask: torch.Tensor  # bool [T]
     probes: list  # of data.probe.Probe, one per pair, in the record's pair order
+    baseline_ids: torch.Tensor | None = None  # see TargetInput
+    baseline_mask: torch.Tensor | None = None
 
 
 class LatentQARows(torch.utils.data.Dataset):
@@ -160,7 +184,8 @@ class LatentQARows(torch.utils.data.Dataset):
         record = self.record(i)
         target = self.examples.target(record)
         return Row(record, target.input_ids, target.read_mask,
-                   self.probes(i, int(target.read_mask.sum())))
+                   self.probes(i, int(target.read_mask.sum())), target.baseline_ids,
+                   target.baseline_mask)
 
     def probes(self, i: int, n: int) -> list:
         """Row ``i``'s probes with ``n`` placeholders (per layer read): its own read's count,

@@ -68,6 +68,7 @@ def cmd_heldout(args) -> int:
     if args.split == "held-out":
         data = _held_out(data, spec, args, args.data)
     dataset = LatentQADataset(data, reader.tokenizer, supervise=spec.supervise,
+                              baselines=bool(spec.instruction_gain),
                               layers=reader.read_at if spec.read_together else None)
     idx = list(range(len(dataset)))
     random.Random(args.seed).shuffle(idx)
@@ -76,7 +77,8 @@ def cmd_heldout(args) -> int:
     idx.sort(key=lambda i: dataset.lengths[i])  # similar lengths batch with little padding
     totals = heldout_losses(reader.model, dataset, Collator(reader.tokenizer), idx,
                             layer=reader.read_at, write_layer=spec.write_layer,
-                            mode=spec.injection, norm=reader.norm, batch_size=args.batch_size,
+                            mode=spec.injection, norm=reader.norm,
+                            instruction_gain=spec.instruction_gain, batch_size=args.batch_size,
                             conditions=CONDITIONS, seed=args.seed)
     result = {"kind": "heldout", "decoder": reader.decoder_path, "pairs": len(idx),
               "split": args.split,

@@ -18,6 +18,7 @@ import contextlib
 import torch
 
 from ..controls import shuffled_donors
+from ..data import baseline_of
 from ..decoder import as_target
 from ..decoding import decoder_loss_sum, read_activations
 
@@ -26,14 +27,16 @@ CONDITIONS = ("real", "shuffled", "untrained")
 
 @torch.no_grad()
 def heldout_losses(model, dataset, collate, indices, *, layer, write_layer: int,
-                   mode: str = "replace", norm=None, batch_size: int = 8,
+                   mode: str = "replace", norm=None, instruction_gain: float = 0.0,
+                   batch_size: int = 8,
                    conditions=("real", "shuffled"), autocast=contextlib.nullcontext,
                    device="cpu", rank: int = 0, world: int = 1, seed: int = 0) -> torch.Tensor:
     """Summed loss and token count per condition: a float64 tensor [len(conditions), 2].
 
     Each rank takes every ``world``-th batch; the caller sums across ranks. ``layer``: one
     layer, or a tuple of layers read together (the dataset's probes must have their groups);
-    ``norm``: the decoder's ``ReadNorm``, if it has one.
+    ``norm`` and ``instruction_gain``: the decoder's, if it has them (the dataset must then
+    carry baselines).
     """
     unknown = set(conditions) - set(CONDITIONS)
     if unknown:
@@ -51,7 +54,9 @@ def heldout_losses(model, dataset, collate, indices, *, layer, write_layer: int,
     def read(examples):
         batch = {k: v.to(device) for k, v in collate(examples).items()}
         return batch, read_activations(model, batch["target_input_ids"],
-                                       batch["target_attention_mask"], batch["read_mask"], layer)
+                                       batch["target_attention_mask"], batch["read_mask"], layer,
+                                       baseline=baseline_of(batch),
+                                       instruction_gain=instruction_gain)
 
     for start in range(rank * batch_size, len(indices), batch_size * world):
         chunk = indices[start:start + batch_size]

@@ -131,7 +131,8 @@ class PersonaEval:
 
     def targets(self, data, records) -> dict:
         """What the target reads for each record: its token ids and read mask."""
-        return {r: render_target(self.tokenizer, data.records[r]) for r in records}
+        return {r: render_target(self.tokenizer, data.records[r],
+                                 baseline=bool(self.spec.instruction_gain)) for r in records}
 
     @torch.no_grad()
     def activations(self, data, records: list[int]) -> dict[int, torch.Tensor]:
@@ -143,8 +144,12 @@ class PersonaEval:
             chunk = order[i:i + self.batch_size]
             ids, attn, mask = pad_tokens(
                 [(targets[r].input_ids, targets[r].read_mask) for r in chunk], self.reader.pad_id)
-            for r, v in zip(chunk, read_activations(self.model, ids, attn, mask,
-                                                    self.reader.read_at)):
+            baseline = pad_tokens([(targets[r].baseline_ids, targets[r].baseline_mask)
+                                   for r in chunk], self.reader.pad_id) \
+                if self.spec.instruction_gain else None
+            for r, v in zip(chunk, read_activations(
+                    self.model, ids, attn, mask, self.reader.read_at, baseline=baseline,
+                    instruction_gain=self.spec.instruction_gain)):
                 out[r] = v
         return out
 

@@ -33,7 +33,7 @@ from ..decoder import DecoderSpec, as_target, folded_adapter, load_decoder_adapt
 from ..decoding import Group, generate_answers, grouped_logprobs, read_activations
 from ..generation import generate, generate_text
 from ..models import DEFAULT_MODEL, load_config, load_model
-from ..selection import Read, as_read, render_read
+from ..selection import Read, as_read, read_messages, render_baseline, render_read
 from ..validation import check_sampling
 from .controls import NEUTRAL_DIALOGS, check_control
 from .decoders import check_compatible, resolve_decoder
@@ -196,7 +196,9 @@ class Reader:
     def activations(self, dialogs, *, read=None, layer: int | None = None) -> list[torch.Tensor]:
         """The target's residual stream after the read layer at the read tokens, per dialog
         (a decoder that reads layers together: those layers' vectors one after another,
-        ``[layers x n, H]``; ``decoding.split_layers`` splits them)."""
+        ``[layers x n, H]``; ``decoding.split_layers`` splits them). For a decoder with an
+        ``instruction_gain``, what it is given: the unread instruction's effect on them
+        amplified (``decoding.read_activations``)."""
         dialogs, _ = as_dialogs(dialogs)
         return self._read(dialogs, self._reads(read, len(dialogs)), self._layer(layer))
 
@@ -357,13 +359,25 @@ class Reader:
                                      max_tokens=self.info.max_positions)
         return torch.tensor(rendered.input_ids, dtype=torch.long), mask
 
+    def _baseline(self, dialog, read: Read, ids, mask):
+        """The dialog without its instruction, read at the same tokens (``instruction_gain``)."""
+        rendered, _ = render_read(self.tokenizer, dialog, read,
+                                  max_tokens=self.info.max_positions)
+        return render_baseline(self.tokenizer, list(dialog), read_messages(dialog, read),
+                               rendered, mask, max_tokens=self.info.max_positions)
+
     def _read(self, dialogs, reads, layer) -> list[torch.Tensor]:
         rendered = [self._render(d, r) for d, r in zip(dialogs, reads)]
+        baselines = [self._baseline(d, r, *x) for d, r, x in zip(dialogs, reads, rendered)] \
+            if self.spec.instruction_gain else None
         out: list[torch.Tensor | None] = [None] * len(dialogs)
         for rows in self._batches([ids for ids, _ in rendered], None):
             ids, attn, masks = pad_tokens([rendered[r] for r in rows], self.pad_id)
+            base = None if baselines is None else tuple(
+                t.to(self._device) for t in pad_tokens([baselines[r] for r in rows], self.pad_id))
             got = read_activations(self.model, ids.to(self._device), attn.to(self._device),
-                                   masks.to(self._device), layer)
+                                   masks.to(self._device), layer, baseline=base,
+                                   instruction_gain=self.spec.instruction_gain)
             for r, v in zip(rows, got):
                 out[r] = v
         return out

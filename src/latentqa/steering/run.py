@@ -197,6 +197,11 @@ def steer(reader, control: Control, prompts: list[str], out_dir, *,
                 finally:
                     for h in hooks:
                         h.remove()
+            if spec.instruction_gain:  # the steering adapter is the instruction: amplify its
+                with torch.no_grad(), as_target(model):  # effect over the frozen target's
+                    frozen = capture(model, ids, attn, layers=layers)
+                hidden = {k: hidden[k] + spec.instruction_gain * (hidden[k] - frozen[k])
+                          for k in layers}
             loss = 0.0
             with active(model, "default"):
                 for group in reads:

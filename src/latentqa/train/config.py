@@ -92,6 +92,13 @@ class TrainConfig:
     # init_decoder or the checkpoint resumed); "none": raw vectors
     read_norm: str = "none"
     read_norm_rows: int = 256
+    # instruction_gain k > 0: the decoder reads an unread instruction's effect amplified: each
+    # read vector v becomes v + k (v - b), b the same token's in the dialog rendered without
+    # the instruction (a hidden system prompt, an earlier control turn;
+    # selection.render_baseline); a dialog without one is read as it is. The instruction's
+    # effect is a small part of each vector, which the text's own activations dwarf. Costs one
+    # more pass of the target per row.
+    instruction_gain: float = 0.0
     layout: str = "paper"
     supervise: str = "reply_and_answer"
     # what to train
@@ -395,6 +402,11 @@ def check_config(cfg: TrainConfig, *, check_paths: bool = True) -> None:
          "read_norm fits statistics per read layer, so several read_layers must "
          "be read together (read_together: true), not sampled one per step")
     need(cfg.read_norm_rows >= 2, "read_norm_rows must be at least 2")
+    need(cfg.instruction_gain >= 0, f"instruction_gain must be >= 0, got {cfg.instruction_gain}")
+    need(not (cfg.instruction_gain and cfg.contrast_weight
+              and cfg.contrast_donor == "hidden_prompt"),
+         "instruction_gain with contrast_donor: hidden_prompt is not supported (the swapped read "
+         "would need its own baseline); use contrast_donor: batch")
     need(cfg.supervise in ("reply_and_answer", "answer"),
          f"supervise must be 'reply_and_answer' or 'answer', got {cfg.supervise!r}")
     need(cfg.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")

@@ -39,6 +39,7 @@ from ..data import (
     LengthGroupedBatchSampler,
     Row,
     add_plain_dialogs,
+    baseline_of,
     add_relation_records,
     add_system_prompt_records,
     add_system_swaps,
@@ -201,7 +202,8 @@ class Recipe:
         make = lambda data: LatentQADataset(data, tokenizer, layout=layout,  # noqa: E731
                                             supervise=cfg.supervise, layer=layer,
                                             max_tokens=cfg.max_tokens,
-                                            layers=_together(cfg))
+                                            layers=_together(cfg),
+                                            baselines=bool(cfg.instruction_gain))
         self.train_set, self.eval_set = make(self.train_data), make(self.eval_data)
         self.rows = LatentQARows(self.train_set, per_record=cfg.pack_questions)
         self._hidden_prompts = None  # the contrast's pool of donor prompts, built on first use
@@ -251,6 +253,7 @@ class Recipe:
             read_layers=list(cfg.read_layers), write_layer=cfg.write_layer,
             injection=cfg.injection, layout=cfg.layout, placeholder=layout.placeholder,
             supervise=cfg.supervise, read_together=cfg.read_together,
+            instruction_gain=cfg.instruction_gain,
             read_norm=None if self.norm is None else self.norm.to_dict())
         self.spec.extra = self.provenance()
         self.cache = None
@@ -283,7 +286,9 @@ class Recipe:
             batch = self.collate.rows([self.rows[i] for i in chosen[start:start + cfg.batch_size]])
             sub = [batch[k].to(self.device) for k in
                    ("target_input_ids", "target_attention_mask", "read_mask")]
-            reads += read_activations(self.model, *sub, layer)
+            reads += read_activations(self.model, *sub, layer,
+                                      baseline=baseline_of(batch, self.device),
+                                      instruction_gain=cfg.instruction_gain)
             written += read_activations(self.model, *sub, cfg.write_layer)
         norm = ReadNorm.fit(reads, len(layer) if isinstance(layer, tuple) else 1, written,
                             kind=cfg.read_norm)
@@ -346,7 +351,9 @@ class Recipe:
             sub = [batch[k][missing].to(self.device) for k in
                    ("target_input_ids", "target_attention_mask", "read_mask")]
             with autocast(self.precision, self.device):
-                fresh = read_activations(self.model, *sub, layer)
+                fresh = read_activations(self.model, *sub, layer,
+                                         baseline=baseline_of(batch, self.device, missing),
+                                         instruction_gain=self.cfg.instruction_gain)
             for i, v in zip(missing, fresh):
                 found[i] = v if self.cache is None else self.cache.put(keys[i], v)
         return [v.to(self.device) for v in found]
@@ -484,7 +491,7 @@ class Recipe:
         totals = heldout_losses(
             self.model, self.eval_set, self.collate, idx[:n],
             layer=_together(cfg) or cfg.read_layers[len(cfg.read_layers) // 2],
-            write_layer=cfg.write_layer,
+            write_layer=cfg.write_layer, instruction_gain=cfg.instruction_gain,
             mode=cfg.injection, norm=self.norm, batch_size=cfg.batch_size,
             conditions=conditions,
             autocast=lambda: autocast(self.precision, self.device), device=self.device,
