@@ -4,6 +4,7 @@ reloaded, leaves the decoder untouched, and every measurement and command runs."
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,23 @@ def test_one_steered_pass_gives_the_same_activations_and_anchor(reader):
         model.delete_adapter(STEER_ADAPTER)
         for p in model.parameters():
             p.requires_grad_(False)
+
+
+def test_an_amplifying_decoder_steers_through_the_adapters_effect(reader, tmp_path,
+                                                                  control_file):
+    # with instruction_gain the steering adapter is the instruction: the decoder is given the
+    # steered read plus k times its difference from the frozen target's, so the loss differs
+    # from the plain decoder's once the adapter has moved
+    cfg = SteerConfig(steps=8, lr=3e-2, batch_size=2, lora_r=4, lora_alpha=8, reply_tokens=4,
+                      eval_tokens=4, log_every=100, fluency_weight=0.0, seed=1)
+    control = read_control_file(control_file)
+    plain = steer(reader, control, PROMPTS, tmp_path / "plain", config=cfg, log=lambda *_: None)
+    reader.spec.instruction_gain = 4.0
+    try:
+        amplified = steer(reader, control, PROMPTS, tmp_path / "gain", config=cfg,
+                          log=lambda *_: None)
+    finally:
+        reader.spec.instruction_gain = 0.0
+    assert amplified.losses[0] == pytest.approx(plain.losses[0], abs=1e-5)  # adapter starts at 0
+    assert amplified.losses[1:] != pytest.approx(plain.losses[1:], abs=1e-4)
+    assert all(math.isfinite(x) for x in amplified.losses)
