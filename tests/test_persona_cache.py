@@ -172,7 +172,8 @@ def test_the_key_follows_what_each_condition_depends_on(tiny_reader, fixture_dat
     assert all(a != b for a, b in zip(base.values(), fewer.values()))
     # where activations are read and written: only untrained_decoder's key
     for change in ({"read_layer": 1}, {"write_layer": 1}, {"injection": "norm_add"},
-                   {"layout": "other"}):
+                   {"layout": "other"}, {"instruction_gain": 4.0},
+                   {"read_norm": {"kind": "match", "mean": [[0.0]]}}):
         changed = keys(_Reader(tiny_reader, **change), fixture_data, items, seed=0)
         assert changed["text_only"] == base["text_only"], change
         assert changed["untrained_decoder"] != base["untrained_decoder"], change
@@ -230,3 +231,19 @@ def test_unusable_cached_activations_are_read_again_with_a_warning(tiny_decoder,
         flat(by_condition(first, "activations")), abs=1e-5)
     third = run(tiny_decoder, tmp_path, "third", "--cache-dir", str(cache))
     assert third["cache"]["activations"] == "reused"
+
+
+def test_amplified_reads_are_not_the_plain_targets(tiny_reader, fixture_data, monkeypatch):
+    # the records' activations are cached per target and layer; a decoder given an
+    # instruction's effect amplified reads other vectors, so it must not reuse them
+    seen = []
+    monkeypatch.setattr(ResultCache, "load_tensors",
+                        lambda self, name, fields, check=None: seen.append(fields))
+    monkeypatch.setattr(ResultCache, "save_tensors", lambda self, *a, **k: None)
+    cache = ResultCache(Path("/nonexistent-latentqa-cache"))
+    records = sorted({i.record for i in persona.build_items(fixture_data, choices=2, seed=0)})
+    for gain in (0.0, 4.0):
+        ev = persona.PersonaEval(_Reader(tiny_reader, instruction_gain=gain))
+        monkeypatch.setattr(ev, "activations", lambda data, recs: {r: None for r in recs})
+        ev.cached_activations(fixture_data, records, cache)
+    assert "instruction_gain" not in seen[0] and seen[1]["instruction_gain"] == 4.0

@@ -32,7 +32,7 @@ from ..data.probe import IGNORE_INDEX, Probe
 from ..decoder import as_target, folded_adapter
 from ..decoding import Group, grouped_logprobs, read_activations
 from ..stats import mcnemar_exact, summarize
-from .cache import base_fingerprint, environment, tensor_digest
+from .cache import base_fingerprint, digest, environment, tensor_digest
 
 CONDITIONS = ("activations", "shuffled", "no_activations", "text_only", "untrained_decoder")
 # run with the adapter off: the same for every decoder on the same target and inputs
@@ -242,7 +242,7 @@ class PersonaEval:
         targets = self.targets(data, records)
         counts = {r: int(t.read_mask.sum()) * self._groups() for r, t in targets.items()}
         fields = {"eval": "persona", "what": "activations", "read_layer": self.spec.read_layer,
-                  **self._together(),
+                  **self._together(), **self._amplified(),
                   "records": records, "base_model": self.base_fingerprint(),
                   "target": self.spec.target, **environment(self.model),
                   "inputs": tensor_digest([t for r in records for t in
@@ -272,6 +272,18 @@ class PersonaEval:
         one-layer decoder's keys stay what they were)."""
         return {"read_layers": list(self.reader.read_at)} if self._groups() > 1 else {}
 
+    def _amplified(self) -> dict:
+        """Cache-key fields of a decoder given an instruction's effect amplified (none
+        otherwise): its reads differ from the plain target's."""
+        gain = getattr(self.spec, "instruction_gain", 0.0)
+        return {"instruction_gain": gain} if gain else {}
+
+    def _transformed(self) -> dict:
+        """Cache-key fields of a decoder that transforms what it is written (none otherwise):
+        the untrained decoder is given the transformed vectors too."""
+        norm = getattr(self.spec, "read_norm", None)
+        return {"read_norm": digest(norm)} if norm else {}
+
     def base_fingerprint(self) -> str:
         if getattr(self, "_base", None) is None:
             self._base = base_fingerprint(self.model)
@@ -297,7 +309,8 @@ class PersonaEval:
                                                      targets[r].read_mask)]
             fields.update(read_layer=self.spec.read_layer, write_layer=self.spec.write_layer,
                           injection=self.spec.injection, layout=self.spec.layout,
-                          placeholder=self.spec.placeholder, **self._together())
+                          placeholder=self.spec.placeholder, **self._together(),
+                          **self._amplified(), **self._transformed())
         fields.update(base_model=self.base_fingerprint(), target=self.spec.target,
                       inputs=tensor_digest(tensors), **environment(self.model))
         return fields
