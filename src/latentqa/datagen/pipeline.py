@@ -71,6 +71,20 @@ class _Run:
         self.asker = units.Asker(backend, self.reject, cfg.temperature, cfg.max_tokens,
                                  cfg.max_retries, cfg.seed)
         self.pool = ThreadPoolExecutor(max(1, min(cfg.concurrency, backend.max_workers)))
+        # set by the worker that meets an error no retry fixes (the backend is down): queued
+        # jobs then fail with it at once instead of each sending its own request
+        self.fatal: BaseException | None = None
+
+    def _call(self, fn, *args):
+        if self.fatal is not None:
+            raise self.fatal
+        try:
+            return fn(*args)
+        except FieldFailed:  # one item's failure: the run goes on
+            raise
+        except BaseException as e:
+            self.fatal = self.fatal or e
+            raise
 
     def reject(self, entry: dict) -> None:
         self.summary.rejected += 1
@@ -85,7 +99,8 @@ class _Run:
     def run_all(self, jobs: dict[str, tuple], on_result, desc: str, done: int = 0) -> None:
         """Run ``fn(*args)`` for each job; ``on_result(key, value)`` in this thread."""
         with self.bar(done + len(jobs), desc, done) as bar:
-            futures = {self.pool.submit(fn, *args): key for key, (fn, *args) in jobs.items()}
+            futures = {self.pool.submit(self._call, fn, *args): key
+                       for key, (fn, *args) in jobs.items()}
             try:
                 for fut in _as_completed(futures):
                     key = futures[fut]
