@@ -161,16 +161,16 @@ def test_the_baseline_drops_the_instruction_and_reads_the_same_tokens(smol_token
               {"role": "user", "content": "What should I cook tonight?"},
               {"role": "assistant", "content": "Arr, fish stew!"}]
     rendered, mask = render_read(smol_tokenizer, dialog, Read())
-    ids, base_mask = render_baseline(smol_tokenizer, dialog, read_messages(dialog, Read()),
-                                     rendered, mask)
     own = torch.tensor(rendered.input_ids)
+    ids, base_mask = render_baseline(smol_tokenizer, dialog, read_messages(dialog, Read()),
+                                     own, mask)
     assert torch.equal(own[mask], ids[base_mask])
     assert "pirate" not in smol_tokenizer.decode(ids)
     # a dialog with no instruction is its own baseline
     plain = dialog[1:]
     rendered, mask = render_read(smol_tokenizer, plain, Read())
     ids, base_mask = render_baseline(smol_tokenizer, plain, read_messages(plain, Read()),
-                                     rendered, mask)
+                                     torch.tensor(rendered.input_ids), mask)
     assert ids.tolist() == rendered.input_ids and torch.equal(base_mask, mask)
 
 

@@ -148,25 +148,25 @@ def read_messages(messages, read: Read | None = None) -> list[int]:
                        f"turns; {read.describe()} is not")
 
 
-def render_baseline(tokenizer, messages, read_indices, rendered, mask, *,
+def render_baseline(tokenizer, messages, read_indices, ids: torch.Tensor, mask, *,
                     max_tokens: int | None = None, add_generation_prompt: bool | None = None):
     """The same dialog without its instruction: every unread message before the first read
     one (a hidden system prompt, a control turn) is dropped, the rest rendered again and read
-    at the same turns. Returns ``(ids, mask)``, whose read tokens are the dialog's own, so
-    that the activations there differ only by what the instruction did to them; a template
-    that renders the read turns differently without it raises ``ReadingError``. A dialog with
-    no such instruction is its own baseline."""
+    at the same turns (``ids`` and ``mask``: the dialog's own rendering and read). Returns
+    ``(ids, mask)``, whose read tokens are the dialog's own, so that the activations there
+    differ only by what the instruction did to them; a template that renders the read turns
+    differently without it raises ``ReadingError``. A dialog with no such instruction is its
+    own baseline."""
     first = min(read_indices)
     dropped = [i for i in range(first) if i not in read_indices]
     if not dropped:
-        return torch.tensor(rendered.input_ids, dtype=torch.long), mask
+        return ids, mask
     kept = [i for i in range(len(messages)) if i not in dropped]
     where = {old: new for new, old in enumerate(kept)}
     base, base_mask = render_read(tokenizer, [messages[i] for i in kept],
                                   Read.of_messages(*[where[i] for i in read_indices]),
                                   max_tokens=max_tokens,
                                   add_generation_prompt=add_generation_prompt)
-    ids = torch.tensor(rendered.input_ids, dtype=torch.long)
     base_ids = torch.tensor(base.input_ids, dtype=torch.long)
     if not torch.equal(ids[mask], base_ids[base_mask]):
         raise ReadingError("the chat template renders the read turns differently once the "

@@ -71,7 +71,7 @@ def render_target(tokenizer, record: Record, *, max_tokens: int | None = None,
         return TargetInput(ids, read_mask, ids, read_mask)
     try:
         base_ids, base_mask = render_baseline(
-            tokenizer, record.messages, record.read, rendered, read_mask,
+            tokenizer, record.messages, record.read, ids, read_mask,
             max_tokens=max_tokens, add_generation_prompt=record.generation_prompt)
     except ReadingError as e:
         raise ValueError(f"{record.source or 'record'} #{record.index}: {e}") from None

@@ -361,10 +361,8 @@ class Reader:
 
     def _baseline(self, dialog, read: Read, ids, mask):
         """The dialog without its instruction, read at the same tokens (``instruction_gain``)."""
-        rendered, _ = render_read(self.tokenizer, dialog, read,
-                                  max_tokens=self.info.max_positions)
         return render_baseline(self.tokenizer, list(dialog), read_messages(dialog, read),
-                               rendered, mask, max_tokens=self.info.max_positions)
+                               ids, mask, max_tokens=self.info.max_positions)
 
     def _read(self, dialogs, reads, layer) -> list[torch.Tensor]:
         rendered = [self._render(d, r) for d, r in zip(dialogs, reads)]

@@ -39,10 +39,10 @@ from ..data import (
     LengthGroupedBatchSampler,
     Row,
     add_plain_dialogs,
-    baseline_of,
     add_relation_records,
     add_system_prompt_records,
     add_system_swaps,
+    baseline_of,
     drop_held_out_overlap,
     is_held_out,
     load_data,
@@ -57,8 +57,8 @@ from ..decoder import DecoderSpec, add_decoder_adapter, add_full_finetune_adapte
 from ..decoding import read_activations, rows_logprobs
 from ..evaluation.heldout import heldout_losses
 from ..files import file_hashes
-from ..read_norm import ReadNorm
 from ..models import load_model, load_tokenizer
+from ..read_norm import ReadNorm
 from . import checkpoint as ckpt
 from . import fsdp
 from .cache import ActivationCache
@@ -264,9 +264,10 @@ class Recipe:
                 if cfg.activation_cache == "disk" else None)
 
     def read_norm(self, checkpoint: Path | None):
-        """The decoder's ``ReadNorm`` (``read_norm: standardize``), or None: the one the
-        checkpoint resumed or ``init_decoder`` was trained with, else fitted on the first
-        ``read_norm_rows`` training rows of a seeded order (so every rank fits the same)."""
+        """The decoder's ``ReadNorm`` (``read_norm: standardize`` or ``match``), or None: the
+        one the checkpoint resumed or ``init_decoder`` was trained with, else fitted on the
+        first ``read_norm_rows`` training rows of a seeded order (so every rank fits the
+        same)."""
         cfg = self.cfg
         source = checkpoint or (Path(cfg.init_decoder) if cfg.init_decoder else None)
         earlier = DecoderSpec.read(source).norm if source is not None else None
@@ -424,8 +425,9 @@ class Recipe:
     def swap_hidden_prompts(self, record_ids: list[int], layer) -> dict[int, torch.Tensor]:
         """The target's read of each record that hides a system prompt, with the prompt of
         another training label of its family in its place (seeded by step and record):
-        ``{position in record_ids: activations}``. The read text is unchanged, so only the hidden prompt's
-        effect on it tells the two reads apart, as on the evaluations' shared user turns."""
+        ``{position in record_ids: activations}``. The read text is unchanged, so only the
+        hidden prompt's effect on it tells the two reads apart, as on the evaluations' shared
+        user turns."""
         records = self.train_set.data.records
         if self._hidden_prompts is None:  # every training prompt once, by family (goal, ...)
             seen: dict[str, Record] = {}
